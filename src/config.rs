@@ -1,0 +1,755 @@
+//! The config file: TOML in, validated types out.
+//!
+//! `Raw*` structs mirror the file (serde, `deny_unknown_fields`); [`Config`] is what the rest of
+//! the agent sees: durations as `Duration`, limits as [`Rate`], URLs parsed, secrets wrapped in
+//! [`Secret`]. Every default lives in the `default_*` functions below and nowhere else, and
+//! `config/oncall-agent.toml` documents every field (a test parses it).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::redact::{Secret, redact_url};
+
+/// Default config path, also taken from `ONCALL_AGENT_CONFIG`.
+pub const DEFAULT_PATH: &str = "/etc/oncall-agent/oncall-agent.toml";
+
+/// The largest body the queue can keep in one synced log segment (see `queue::store`): sled
+/// moves values above segment_size/4 into blob files, which it never fsyncs.
+pub const MAX_BODY_LIMIT: usize = 2 * 1024 * 1024 - 64 * 1024;
+
+/// A config that cannot be used, with the file, the field and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+/// `COUNT/DURATION`: at most `count` requests in any interval of length `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let shape = || format!("expected COUNT/DURATION such as \"300/5m\", got {s:?}");
+        let (count, per) = s.split_once('/').ok_or_else(shape)?;
+        let count: u32 = count.trim().parse().map_err(|_| shape())?;
+        let per = humantime::parse_duration(per.trim()).map_err(|e| format!("{}: {e}", shape()))?;
+        if count == 0 {
+            return Err(format!("the count in {s:?} must be at least 1"));
+        }
+        if per < Duration::from_secs(1) {
+            return Err(format!("the duration in {s:?} must be at least 1s"));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, humantime::format_duration(self.per))
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written the humantime way ("10s", "5m", "1h 30m").
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration: {e}")))
+    }
+}
+
+/// A byte size: a plain integer, or a string with a unit ("1MiB", "256 MiB", "64KiB", "10MB").
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(u64),
+            S(String),
+        }
+        match Either::deserialize(d)? {
+            Either::N(n) => Ok(ByteSize(n)),
+            Either::S(s) => parse_bytes(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as \"1MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("{s:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: PathBuf,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    log: RawLog,
+    shutdown_timeout: Option<HumanDuration>,
+    self_alert_integration: Option<String>,
+    #[serde(default, rename = "integration")]
+    integrations: Vec<RawIntegration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    unix: Option<PathBuf>,
+    unix_mode: Option<String>,
+    unix_group: Option<String>,
+    tcp: Option<String>,
+    allow_remote: Option<bool>,
+    auth_token: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    max_connections: Option<usize>,
+    header_timeout: Option<HumanDuration>,
+    body_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    integration: Option<Rate>,
+    org: Option<Rate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    timeout: Option<HumanDuration>,
+    retry_initial: Option<HumanDuration>,
+    retry_max: Option<HumanDuration>,
+    probe_interval: Option<HumanDuration>,
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_bytes: Option<ByteSize>,
+    max_body: Option<ByteSize>,
+    cache_capacity: Option<ByteSize>,
+    channel_capacity: Option<usize>,
+    batch_max: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegration {
+    name: String,
+    url: Option<String>,
+    url_file: Option<PathBuf>,
+    rate_limit: Option<Rate>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the agent uses.
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages and reload.
+    pub path: PathBuf,
+    /// Folder that holds the sled database (`<state_dir>/queue`).
+    pub state_dir: PathBuf,
+    pub listen: Listen,
+    pub limits: Limits,
+    pub delivery: Delivery,
+    pub queue: QueueConfig,
+    /// Log filter (tracing `EnvFilter` syntax); RUST_LOG wins when set. Default "info".
+    pub log_level: String,
+    /// How long SIGTERM waits for in-flight deliveries. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Where the agent reports its own trouble (a quarantined database). Default: the first
+    /// integration.
+    pub self_alert_integration: Option<String>,
+    pub integrations: Vec<Integration>,
+}
+
+/// Local listeners.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Unix socket path; serves ingest, status, metrics and the admin API.
+    pub unix: Option<PathBuf>,
+    /// Permission bits of the Unix socket. Default 0o660.
+    pub unix_mode: u32,
+    /// Group that owns the Unix socket (name or numeric id). Default: the daemon's group.
+    pub unix_group: Option<String>,
+    /// TCP address; loopback unless `allow_remote` (then `auth_token` is required).
+    pub tcp: Option<SocketAddr>,
+    /// Bearer token required on every TCP request when set.
+    pub auth_token: Option<Secret<String>>,
+    /// Open connections per listener; more wait in the kernel's backlog. Default 1024.
+    pub max_connections: usize,
+    /// A client must send its request headers within this. Default 10 s.
+    pub header_timeout: Duration,
+    /// A client must send its whole body within this. Default 30 s.
+    pub body_timeout: Duration,
+}
+
+/// Client-side budgets.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Per integration, unless the integration sets `rate_limit`. Default 300/5m.
+    pub integration: Rate,
+    /// Across all integrations. Default 500/5m.
+    pub org: Rate,
+}
+
+/// How alerts are delivered.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Whole-request timeout. Default 10 s.
+    pub timeout: Duration,
+    /// First backoff after a 5xx, 408 or network error. Default 1 s.
+    pub retry_initial: Duration,
+    /// Backoff cap. Default 5 min.
+    pub retry_max: Duration,
+    /// Probe period while paused by a 429 without Retry-After. Default 15 s.
+    pub probe_interval: Duration,
+    /// Requests in flight per integration (different grouping keys). Default 4.
+    pub concurrency: usize,
+}
+
+/// The durable queue.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Above this many queued bytes, ingest answers 503. Default 256 MiB.
+    pub max_bytes: u64,
+    /// Largest accepted alert body. Default 1 MiB; at most [`MAX_BODY_LIMIT`].
+    pub max_body: usize,
+    /// sled's page cache. Default 32 MiB (sled's own default is 1 GiB).
+    pub cache_capacity: u64,
+    /// Alerts waiting for the writer; when full, ingest answers 503. Default 8192.
+    pub channel_capacity: usize,
+    /// Most alerts the writer commits with one fsync. Default 1024.
+    pub batch_max: usize,
+}
+
+/// One OnCall integration.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    /// Local name, used in local URLs, the CLI, status and metrics.
+    pub name: String,
+    /// Inbound URL (holds the token: never log it, use [`Integration::redacted_url`]).
+    pub url: Secret<reqwest::Url>,
+    /// The URL's kind segment (`formatted_webhook`, `alertmanager`, ...), if it has one.
+    pub kind: Option<String>,
+    /// Budget for this integration.
+    pub rate: Rate,
+}
+
+impl Integration {
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is used for messages and relative `*_file`s.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Validator { path }.build(raw)
+    }
+
+    pub fn integration(&self, name: &str) -> Option<&Integration> {
+        self.integrations.iter().find(|i| i.name == name)
+    }
+
+    /// Where the sled database lives.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("queue")
+    }
+}
+
+fn default_limits() -> Limits {
+    Limits {
+        integration: Rate {
+            count: 300,
+            per: Duration::from_secs(300),
+        },
+        org: Rate {
+            count: 500,
+            per: Duration::from_secs(300),
+        },
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Reads a secret from a file (systemd `LoadCredential=`), trimmed of surrounding space.
+    fn read_secret(&self, field: &str, file: &Path) -> Result<String, ConfigError> {
+        let file = self.relative(file);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| self.err(field, format!("cannot read {}: {e}", file.display())))?;
+        let text = text.trim().to_string();
+        if text.is_empty() {
+            return Err(self.err(field, format!("{} is empty", file.display())));
+        }
+        Ok(text)
+    }
+
+    fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let d = default_limits();
+        let limits = Limits {
+            integration: raw.limits.integration.unwrap_or(d.integration),
+            org: raw.limits.org.unwrap_or(d.org),
+        };
+        let delivery = self.delivery(raw.delivery)?;
+        let queue = self.queue(raw.queue)?;
+        let listen = self.listen(raw.listen)?;
+
+        let mut seen = HashSet::new();
+        let mut integrations = Vec::new();
+        for (i, ri) in raw.integrations.into_iter().enumerate() {
+            let field = |f: &str| format!("integration[{i}].{f}");
+            if !valid_name(&ri.name) {
+                return Err(self.err(
+                    field("name"),
+                    format!(
+                        "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                        ri.name
+                    ),
+                ));
+            }
+            if !seen.insert(ri.name.clone()) {
+                return Err(self.err(field("name"), format!("{:?} is used twice", ri.name)));
+            }
+            let url_text = match (ri.url, ri.url_file) {
+                (Some(u), None) => u,
+                (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
+                (Some(_), Some(_)) => {
+                    return Err(self.err(field("url"), "set either url or url_file, not both"));
+                }
+                (None, None) => return Err(self.err(field("url"), "missing (or set url_file)")),
+            };
+            // The parse error of `url` never quotes the input: it holds a token.
+            let url = reqwest::Url::parse(&url_text)
+                .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
+            if url.scheme() != "https" && url.scheme() != "http" {
+                return Err(self.err(field("url"), "must be an http:// or https:// URL"));
+            }
+            let kind = integration_kind(&url);
+            integrations.push(Integration {
+                name: ri.name,
+                url: Secret::new(url),
+                kind,
+                rate: ri.rate_limit.unwrap_or(limits.integration),
+            });
+        }
+        if let Some(name) = &raw.self_alert_integration
+            && !seen.contains(name)
+        {
+            return Err(self.err(
+                "self_alert_integration",
+                format!("{name:?} is not a configured integration"),
+            ));
+        }
+        if listen.unix.is_none() && listen.tcp.is_none() {
+            return Err(self.err("listen", "set at least one of listen.unix and listen.tcp"));
+        }
+        let state_dir = self.relative(&raw.state_dir);
+        Ok(Config {
+            path: self.path.to_owned(),
+            state_dir,
+            listen,
+            limits,
+            delivery,
+            queue,
+            log_level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+            self_alert_integration: raw.self_alert_integration,
+            integrations,
+        })
+    }
+
+    fn delivery(&self, r: RawDelivery) -> Result<Delivery, ConfigError> {
+        let d = Delivery {
+            timeout: r.timeout.map_or(Duration::from_secs(10), |d| d.0),
+            retry_initial: r.retry_initial.map_or(Duration::from_secs(1), |d| d.0),
+            retry_max: r.retry_max.map_or(Duration::from_secs(300), |d| d.0),
+            probe_interval: r.probe_interval.map_or(Duration::from_secs(15), |d| d.0),
+            concurrency: r.concurrency.unwrap_or(4),
+        };
+        if d.timeout.is_zero() {
+            return Err(self.err("delivery.timeout", "must be above zero"));
+        }
+        if d.retry_initial.is_zero() {
+            return Err(self.err("delivery.retry_initial", "must be above zero"));
+        }
+        if d.retry_max < d.retry_initial {
+            return Err(self.err(
+                "delivery.retry_max",
+                "must be at least delivery.retry_initial",
+            ));
+        }
+        if d.probe_interval < Duration::from_secs(1) {
+            return Err(self.err("delivery.probe_interval", "must be at least 1s"));
+        }
+        if !(1..=64).contains(&d.concurrency) {
+            return Err(self.err("delivery.concurrency", "must be between 1 and 64"));
+        }
+        Ok(d)
+    }
+
+    fn queue(&self, r: RawQueue) -> Result<QueueConfig, ConfigError> {
+        let q = QueueConfig {
+            max_bytes: r.max_bytes.map_or(256 * 1024 * 1024, |b| b.0),
+            max_body: r.max_body.map_or(1024 * 1024, |b| b.0 as usize),
+            cache_capacity: r.cache_capacity.map_or(32 * 1024 * 1024, |b| b.0),
+            channel_capacity: r.channel_capacity.unwrap_or(8192),
+            batch_max: r.batch_max.unwrap_or(1024),
+        };
+        if q.max_body == 0 || q.max_body > MAX_BODY_LIMIT {
+            return Err(self.err(
+                "queue.max_body",
+                format!("must be between 1 and {MAX_BODY_LIMIT} bytes"),
+            ));
+        }
+        if q.max_bytes < q.max_body as u64 {
+            return Err(self.err("queue.max_bytes", "must be at least queue.max_body"));
+        }
+        if q.cache_capacity < 1024 * 1024 {
+            return Err(self.err("queue.cache_capacity", "must be at least 1MiB"));
+        }
+        if q.channel_capacity == 0 {
+            return Err(self.err("queue.channel_capacity", "must be at least 1"));
+        }
+        if q.batch_max == 0 {
+            return Err(self.err("queue.batch_max", "must be at least 1"));
+        }
+        Ok(q)
+    }
+
+    fn listen(&self, r: RawListen) -> Result<Listen, ConfigError> {
+        let unix_mode = match &r.unix_mode {
+            None => 0o660,
+            Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    self.err("listen.unix_mode", format!("{s:?} is not an octal mode like \"0660\""))
+                })?,
+        };
+        if unix_mode & 0o007 != 0 {
+            return Err(self.err(
+                "listen.unix_mode",
+                "must not grant access to others (the socket's mode is its access control)",
+            ));
+        }
+        let tcp = match &r.tcp {
+            None => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                self.err("listen.tcp", format!("{s:?} is not an address like 127.0.0.1:9753 ({e})"))
+            })?),
+        };
+        let auth_token = match (r.auth_token, r.auth_token_file) {
+            (Some(t), None) => Some(Secret::new(t)),
+            (None, Some(f)) => Some(Secret::new(self.read_secret("listen.auth_token_file", &f)?)),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "listen.auth_token",
+                    "set either auth_token or auth_token_file, not both",
+                ));
+            }
+        };
+        if let Some(addr) = tcp
+            && !addr.ip().is_loopback()
+        {
+            if !r.allow_remote.unwrap_or(false) {
+                return Err(self.err(
+                    "listen.tcp",
+                    format!(
+                        "{addr} is not a loopback address; set allow_remote = true and auth_token to listen beyond this host"
+                    ),
+                ));
+            }
+            if auth_token.is_none() {
+                return Err(self.err(
+                    "listen.auth_token",
+                    "required when allow_remote = true (every TCP request must carry it)",
+                ));
+            }
+        }
+        if let Some(t) = &auth_token
+            && t.expose().len() < 16
+        {
+            return Err(self.err("listen.auth_token", "must be at least 16 characters"));
+        }
+        let max_connections = r.max_connections.unwrap_or(1024);
+        if max_connections == 0 {
+            return Err(self.err("listen.max_connections", "must be at least 1"));
+        }
+        Ok(Listen {
+            unix: r.unix.map(|p| self.relative(&p)),
+            unix_mode,
+            unix_group: r.unix_group,
+            tcp,
+            auth_token,
+            max_connections,
+            header_timeout: r.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            body_timeout: r.body_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        })
+    }
+}
+
+/// Things that work but deserve the operator's attention (printed by `check-config`, logged
+/// at start).
+pub fn warnings(c: &Config) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = Vec::new();
+    if let Ok(m) = std::fs::metadata(&c.path)
+        && m.permissions().mode() & 0o004 != 0
+    {
+        w.push(format!(
+            "{} is readable by every user and holds integration URLs (tokens): chmod 640 it, or use url_file",
+            c.path.display()
+        ));
+    }
+    for i in &c.integrations {
+        if let Some(kind) = &i.kind
+            && kind.starts_with("legacy_")
+        {
+            w.push(format!(
+                "integration {:?} uses the {kind} kind: OnCall counts every alert inside its payloads and silently drops the excess while answering 200; prefer the non-legacy kind",
+                i.name
+            ));
+        }
+    }
+    w
+}
+
+/// Local names appear in URLs and sled keys: keep them to a safe alphabet.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// The `<kind>` of `.../integrations/v1/<kind>/<token>/`.
+fn integration_kind(url: &reqwest::Url) -> Option<String> {
+    let segs: Vec<&str> = url.path_segments()?.collect();
+    let i = segs.windows(2).position(|w| w == ["integrations", "v1"])?;
+    segs.get(i + 2).map(|s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/test.toml"), text)
+    }
+
+    const MIN: &str = r#"
+state_dir = "/tmp/x"
+[listen]
+tcp = "127.0.0.1:9753"
+[[integration]]
+name = "db-prod"
+url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/"
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.limits.integration.to_string(), "300/5m");
+        assert_eq!(c.limits.org.to_string(), "500/5m");
+        assert_eq!(c.delivery.concurrency, 4);
+        assert_eq!(c.delivery.probe_interval, Duration::from_secs(15));
+        assert_eq!(c.queue.max_body, 1024 * 1024);
+        assert_eq!(c.listen.unix_mode, 0o660);
+        assert_eq!(c.integrations[0].kind.as_deref(), Some("formatted_webhook"));
+        assert_eq!(c.integrations[0].rate, c.limits.integration);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = parse(&format!("{MIN}\nbogus = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("/etc/test.toml"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_rate_names_field_and_shape() {
+        let e = parse(&MIN.replace("[listen]", "[limits]\nintegration = \"300 per 5m\"\n[listen]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("COUNT/DURATION"), "{e}");
+        assert!(e.contains("integration"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_error_does_not_echo_the_token() {
+        let e = parse(&MIN.replace("https://", "ht tps://")).unwrap_err().to_string();
+        assert!(e.contains("integration[0].url"), "{e}");
+        assert!(!e.contains("SECRETTOKEN"), "{e}");
+    }
+
+    #[test]
+    fn remote_tcp_needs_allow_remote_and_token() {
+        let remote = MIN.replace("127.0.0.1:9753", "0.0.0.0:9753");
+        let e = parse(&remote).unwrap_err().to_string();
+        assert!(e.contains("listen.tcp") && e.contains("allow_remote"), "{e}");
+        let e = parse(&remote.replace("[listen]", "[listen]\nallow_remote = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen.auth_token"), "{e}");
+        parse(&remote.replace(
+            "[listen]",
+            "[listen]\nallow_remote = true\nauth_token = \"0123456789abcdef\"",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_names_are_rejected() {
+        let twice = format!(
+            "{MIN}\n[[integration]]\nname = \"db-prod\"\nurl = \"https://x/integrations/v1/webhook/t/\"\n"
+        );
+        assert!(parse(&twice).unwrap_err().to_string().contains("used twice"));
+        let bad = MIN.replace("name = \"db-prod\"", "name = \"db prod/1\"");
+        assert!(parse(&bad).unwrap_err().to_string().contains("integration[0].name"));
+    }
+
+    #[test]
+    fn max_body_beyond_the_synced_segment_is_rejected() {
+        let big = format!("{MIN}\n[queue]\nmax_body = \"4MiB\"\n");
+        let e = parse(&big).unwrap_err().to_string();
+        assert!(e.contains("queue.max_body"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(parse_bytes("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("64 KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("1 parsec").is_err());
+    }
+
+    #[test]
+    fn rate_rejects_zero_and_garbage() {
+        assert!("0/5m".parse::<Rate>().is_err());
+        assert!("5/0s".parse::<Rate>().is_err());
+        assert!("abc".parse::<Rate>().is_err());
+        assert_eq!(
+            "300/5m".parse::<Rate>().unwrap(),
+            Rate {
+                count: 300,
+                per: Duration::from_secs(300)
+            }
+        );
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(!c.integrations.is_empty());
+    }
+}

@@ -1,0 +1,35 @@
+//! oncall-agent: a host daemon that makes sure no alert on its way to Grafana OnCall is lost
+//! or throttled away.
+//!
+//! The path of one alert, and the module that owns each step:
+//!
+//! ```text
+//!  tools ──HTTP (unix/tcp)── sources::http ──┐
+//!  scripts ── `send` CLI ─── (cli, local) ───┴─> queue::Ingest ─> queue::writer ─> sled
+//!                                                (bounded)        (group commit,  (queue::store)
+//!                                                                  one fsync)          │
+//!  OnCall <── sender::client <── sender::dispatcher <── sender::limiter ───────────────┘
+//!             (HTTP only)        (order per key, retry,  (N per window, counted
+//!                                 pause on 429, acks)     where OnCall counts)
+//! ```
+//!
+//! - An alert is answered `202` only once it is in sled and the db file is fsynced.
+//! - It leaves the queue only after OnCall answered 2xx (at-least-once); a 4xx other than
+//!   408/429 makes it a dead letter, kept until an operator acts.
+//! - Every request (alerts, retries, probes) spends the integration's and the org's budget,
+//!   which persist across restarts.
+//! - [`config`] turns TOML into validated types once; [`app`] wires it together and owns
+//!   signals, readiness and shutdown; [`cli`] is the command line; [`status`] and [`metrics`]
+//!   report; [`redact`] keeps tokens out of everything printed.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod local;
+pub mod metrics;
+pub mod queue;
+pub mod redact;
+pub mod sender;
+pub mod sources;
+pub mod status;

@@ -1,0 +1,10 @@
+//! How alerts are kept: a durable FIFO per integration in sled, written by one group-committing
+//! writer ([`writer`]) and read and acknowledged by the sender.
+
+pub mod envelope;
+pub mod store;
+pub mod writer;
+
+pub use envelope::Envelope;
+pub use store::{DeadLetter, Depth, Store, StoreError};
+pub use writer::{IngestError, Ingest};

@@ -1,0 +1,488 @@
+//! The sled database: what is kept on disk and how it is made durable.
+//!
+//! Trees:
+//! - `queue`: `<integration>\0<seq: u64 BE>` -> [`Envelope`]. One tree for every integration,
+//!   so one `apply_batch` is atomic across integrations and can also carry a file source's
+//!   offset (keys starting with [`META_PREFIX`], which no integration name can). Sequence
+//!   numbers are global and increase, so each integration's range is its FIFO.
+//! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused.
+//! - `limiter`: `<scope>\0<slot BE>` -> two u64 (sent, counted-until), see `sender::limiter`.
+//!
+//! Durability: sled's `flush` writes with `sync_file_range`, which neither flushes the disk's
+//! cache nor the file's metadata, and it never syncs the blob files where it puts values above
+//! segment_size/4. [`Store::sync`] adds an `fsync` of the db file, of new blob files and of the
+//! blob folder. The segment is sized so that the largest accepted body never becomes a blob.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope::{DecodeError, Envelope};
+use crate::clock::Millis;
+
+/// Keys in `queue` that start with this byte are metadata (file offsets), not alerts.
+pub const META_PREFIX: u8 = 0xFF;
+/// 8 MiB segments: values up to 2 MiB - header stay inline in the synced log (see module doc).
+const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot sync {path}: {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot move the corrupt database {path} aside: {source}")]
+    Quarantine {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt record: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("transaction failed: {0}")]
+    Transaction(String),
+}
+
+/// Queue depth of one integration, kept in memory (sled's `len` is a full scan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub alerts: u64,
+    pub bytes: u64,
+    /// Highest sequence number ever written for this integration.
+    pub last_seq: u64,
+}
+
+/// An alert OnCall refused, kept until an operator retries or purges it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub integration: String,
+    pub received_at: Millis,
+    pub failed_at: Millis,
+    pub attempts: u32,
+    /// HTTP status, or 0 when the agent itself refused the record.
+    pub status: u16,
+    /// Why, in words (never holds the URL).
+    pub reason: String,
+    /// First 512 bytes of OnCall's answer.
+    pub response: String,
+    /// The alert as received (lossy UTF-8 only if it was not UTF-8).
+    pub payload: String,
+}
+
+/// What was found and done when the database would not open.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub moved_to: PathBuf,
+    pub error: String,
+}
+
+/// The open database and the in-memory counters rebuilt from it.
+pub struct Store {
+    db: sled::Db,
+    queue: sled::Tree,
+    dead: sled::Tree,
+    limiter: sled::Tree,
+    /// The log file, fsynced after sled's flush.
+    db_file: File,
+    db_file_path: PathBuf,
+    blobs_dir: PathBuf,
+    /// Blob files already fsynced (normally none: bodies are sized to stay inline).
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    next_seq: AtomicU64,
+    depth: Mutex<BTreeMap<String, Depth>>,
+    total_bytes: AtomicU64,
+    /// Woken after every commit that added alerts.
+    pub committed: tokio::sync::Notify,
+}
+
+fn alert_key(integration: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(integration.len() + 9);
+    k.extend_from_slice(integration.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_alert_key(k: &[u8]) -> Option<(&str, u64)> {
+    if k.first() == Some(&META_PREFIX) || k.len() < 10 {
+        return None;
+    }
+    let (name, rest) = k.split_at(k.len() - 9);
+    if rest[0] != 0 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(rest[1..].try_into().ok()?);
+    Some((std::str::from_utf8(name).ok()?, seq))
+}
+
+fn prefix(integration: &str) -> Vec<u8> {
+    let mut p = integration.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+impl StoreError {
+    /// Whether the database itself is damaged (as opposed to, say, a permission problem, which
+    /// moving it aside would not fix and would only hide).
+    fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Sled(sled::Error::Corruption { .. })
+            | StoreError::Sled(sled::Error::Unsupported(_))
+            | StoreError::Sled(sled::Error::ReportableBug(_))
+            | StoreError::Decode(_) => true,
+            StoreError::Sled(sled::Error::Io(e)) => matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`. A database sled calls corrupt is moved aside (kept,
+    /// timestamped) and an empty one opened in its place: the agent never refuses to start
+    /// over it; the caller reports the [`Quarantined`] answer loudly.
+    pub fn open(path: &Path, cache_capacity: u64) -> Result<(Store, Option<Quarantined>), StoreError> {
+        match Store::open_once(path, cache_capacity) {
+            Ok(s) => Ok((s, None)),
+            Err(e) if e.is_corruption() => {
+                let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string()
+                    .replace(':', "");
+                let name = path.file_name().map_or_else(
+                    || "queue".to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                let moved_to = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+                std::fs::rename(path, &moved_to).map_err(|source| StoreError::Quarantine {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let s = Store::open_once(path, cache_capacity)?;
+                Ok((
+                    s,
+                    Some(Quarantined {
+                        moved_to,
+                        error: e.to_string(),
+                    }),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_once(path: &Path, cache_capacity: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Sled(e.into()))?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .segment_size(SEGMENT_SIZE)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let queue = db.open_tree("queue")?;
+        let dead = db.open_tree("dead")?;
+        let limiter = db.open_tree("limiter")?;
+        let db_file_path = path.join("db");
+        let db_file = File::open(&db_file_path).map_err(|e| StoreError::Sync {
+            path: db_file_path.clone(),
+            source: e,
+        })?;
+        let store = Store {
+            db,
+            queue,
+            dead,
+            limiter,
+            db_file,
+            db_file_path,
+            blobs_dir: path.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+            next_seq: AtomicU64::new(1),
+            depth: Mutex::new(BTreeMap::new()),
+            total_bytes: AtomicU64::new(0),
+            committed: tokio::sync::Notify::new(),
+        };
+        store.rebuild_counters()?;
+        Ok(store)
+    }
+
+    /// Scans the queue once at start: depth per integration, total bytes, next sequence number.
+    /// Records that cannot be read are dead-lettered, not dropped.
+    fn rebuild_counters(&self) -> Result<(), StoreError> {
+        let mut depth: BTreeMap<String, Depth> = BTreeMap::new();
+        let mut max_seq = 0;
+        let mut total = 0;
+        let mut unreadable = Vec::new();
+        for kv in self.queue.iter() {
+            let (k, v) = kv?;
+            let Some((name, seq)) = split_alert_key(&k) else {
+                continue;
+            };
+            max_seq = max_seq.max(seq);
+            if let Err(e) = Envelope::decode(&v) {
+                unreadable.push((name.to_string(), seq, e.to_string(), v.to_vec()));
+                continue;
+            }
+            let d = depth.entry(name.to_string()).or_default();
+            d.alerts += 1;
+            d.bytes += v.len() as u64;
+            d.last_seq = d.last_seq.max(seq);
+            total += v.len() as u64;
+        }
+        for kv in self.dead.iter().keys() {
+            let k = kv?;
+            if let Ok(b) = <[u8; 8]>::try_from(&k[..]) {
+                max_seq = max_seq.max(u64::from_be_bytes(b));
+            }
+        }
+        self.next_seq.store(max_seq + 1, Ordering::SeqCst);
+        *self.depth.lock().expect("depth lock") = depth;
+        self.total_bytes.store(total, Ordering::SeqCst);
+        for (name, seq, why, raw) in unreadable {
+            tracing::error!(integration = %name, seq, "A queued record cannot be read ({why}); it moves to the dead letters.");
+            let dl = DeadLetter {
+                id: seq,
+                integration: name.clone(),
+                received_at: 0,
+                failed_at: 0,
+                attempts: 0,
+                status: 0,
+                reason: format!("unreadable queue record: {why}"),
+                response: String::new(),
+                payload: String::from_utf8_lossy(&raw).into_owned(),
+            };
+            self.move_to_dead(&name, seq, &dl, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far survive power loss (see the module doc).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.sync_new_blobs()?;
+        self.db_file.sync_data().map_err(|source| StoreError::Sync {
+            path: self.db_file_path.clone(),
+            source,
+        })
+    }
+
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let Ok(entries) = std::fs::read_dir(&self.blobs_dir) else {
+            return Ok(());
+        };
+        let mut synced = self.synced_blobs.lock().expect("blob lock");
+        let mut any = false;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if synced.contains(&name) {
+                continue;
+            }
+            let p = e.path();
+            let sync = |p: &Path| File::open(p).and_then(|f| f.sync_all());
+            // A blob sled removed in between is no longer needed.
+            if let Err(source) = sync(&p)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(StoreError::Sync { path: p, source });
+            }
+            synced.insert(name);
+            any = true;
+        }
+        if any {
+            File::open(&self.blobs_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Sync {
+                    path: self.blobs_dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Reserves `n` consecutive sequence numbers and returns the first.
+    pub fn reserve_seq(&self, n: u64) -> u64 {
+        self.next_seq.fetch_add(n, Ordering::SeqCst)
+    }
+
+    /// Writes new alerts (and optional metadata) in one atomic batch; does not sync.
+    pub fn append(
+        &self,
+        alerts: &[(String, u64, Vec<u8>)],
+        meta: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (name, seq, value) in alerts {
+            b.insert(alert_key(name, *seq), value.as_slice());
+        }
+        for (k, v) in meta {
+            debug_assert_eq!(k.first(), Some(&META_PREFIX));
+            b.insert(k.as_slice(), v.as_slice());
+        }
+        self.queue.apply_batch(b)?;
+        let mut depth = self.depth.lock().expect("depth lock");
+        for (name, seq, value) in alerts {
+            let d = depth.entry(name.clone()).or_default();
+            d.alerts += 1;
+            d.bytes += value.len() as u64;
+            d.last_seq = d.last_seq.max(*seq);
+            self.total_bytes.fetch_add(value.len() as u64, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Reads metadata written with [`Store::append`].
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.queue.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` alerts of `integration` with a sequence number above `after`, oldest first.
+    pub fn load_after(
+        &self,
+        integration: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Envelope)>, StoreError> {
+        let start = alert_key(integration, after.saturating_add(1));
+        let end = alert_key(integration, u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.queue.range(start..=end).take(limit) {
+            let (k, v) = kv?;
+            let Some((_, seq)) = split_alert_key(&k) else {
+                continue;
+            };
+            match Envelope::decode(&v) {
+                Ok(e) => out.push((seq, e)),
+                Err(e) => {
+                    let dl = DeadLetter {
+                        id: seq,
+                        integration: integration.to_string(),
+                        received_at: 0,
+                        failed_at: 0,
+                        attempts: 0,
+                        status: 0,
+                        reason: format!("unreadable queue record: {e}"),
+                        response: String::new(),
+                        payload: String::from_utf8_lossy(&v).into_owned(),
+                    };
+                    self.move_to_dead(integration, seq, &dl, v.len() as u64)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The oldest queued alert's receive time.
+    pub fn oldest(&self, integration: &str) -> Result<Option<Millis>, StoreError> {
+        match self.queue.scan_prefix(prefix(integration)).next() {
+            None => Ok(None),
+            Some(kv) => Ok(Envelope::decode(&kv?.1).ok().map(|e| e.received_at)),
+        }
+    }
+
+    /// Removes delivered alerts. Not synced: a removal lost in a crash means one duplicate
+    /// delivery, which at-least-once allows.
+    pub fn ack(&self, integration: &str, seqs: &[(u64, u64)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (seq, _) in seqs {
+            b.remove(alert_key(integration, *seq));
+        }
+        self.queue.apply_batch(b)?;
+        let freed: u64 = seqs.iter().map(|(_, bytes)| bytes).sum();
+        let mut depth = self.depth.lock().expect("depth lock");
+        if let Some(d) = depth.get_mut(integration) {
+            d.alerts = d.alerts.saturating_sub(seqs.len() as u64);
+            d.bytes = d.bytes.saturating_sub(freed);
+        }
+        self.total_bytes.fetch_sub(freed.min(self.total_bytes()), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Rewrites an alert's envelope (attempt count and next attempt) in place.
+    pub fn update(&self, integration: &str, seq: u64, env: &Envelope) -> Result<(), StoreError> {
+        let key = alert_key(integration, seq);
+        // Only if it is still queued: an operator may have moved it meanwhile.
+        if self.queue.contains_key(&key)? {
+            self.queue.insert(key, env.encode())?;
+        }
+        Ok(())
+    }
+
+    /// Moves an alert from the queue to the dead letters, atomically.
+    pub fn move_to_dead(
+        &self,
+        integration: &str,
+        seq: u64,
+        dl: &DeadLetter,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let key = alert_key(integration, seq);
+        let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
+        (&self.queue, &self.dead)
+            .transaction(|(q, d)| {
+                q.remove(key.as_slice())?;
+                d.insert(&seq.to_be_bytes(), value.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        let mut depth = self.depth.lock().expect("depth lock");
+        if let Some(d) = depth.get_mut(integration) {
+            d.alerts = d.alerts.saturating_sub(1);
+            d.bytes = d.bytes.saturating_sub(bytes);
+        }
+        self.total_bytes.fetch_sub(bytes.min(self.total_bytes()), Ordering::SeqCst);
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// All dead letters, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.dead.iter() {
+            let (_, v) = kv?;
+            if let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) {
+                out.push(dl);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dead_count(&self) -> usize {
+        self.dead.len()
+    }
+
+    pub fn depth(&self, integration: &str) -> Depth {
+        self.depth
+            .lock()
+            .expect("depth lock")
+            .get(integration)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every integration that has (or had) queued alerts, configured or not.
+    pub fn depths(&self) -> BTreeMap<String, Depth> {
+        self.depth.lock().expect("depth lock").clone()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::SeqCst)
+    }
+
+    /// The limiter tree (owned by `sender::limiter`).
+    pub fn limiter_tree(&self) -> &sled::Tree {
+        &self.limiter
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

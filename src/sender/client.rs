@@ -1,0 +1,99 @@
+//! The HTTP side of delivery: one POST per alert, its answer turned into an [`Outcome`].
+//! Request tasks only do HTTP; every decision is the dispatcher's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::outcome::{Outcome, classify};
+use crate::redact::Secret;
+
+/// Most of an answer's body read (enough for OnCall's 429 text and a dead letter's excerpt).
+const MAX_ANSWER: usize = 16 * 1024;
+
+pub type DeliverFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// Something that delivers one alert. The daemon uses [`HttpTransport`]; simulations plug in
+/// an in-process fake OnCall and run on tokio's paused clock.
+pub trait Transport: Send + Sync + 'static {
+    fn deliver(&self, url: &Secret<reqwest::Url>, body: Vec<u8>) -> DeliverFuture;
+}
+
+/// reqwest with rustls, HTTP(S)_PROXY / NO_PROXY from the environment.
+pub struct HttpTransport {
+    client: reqwest::Client,
+}
+
+impl HttpTransport {
+    pub fn new(timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("oncall-agent/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(HttpTransport { client })
+    }
+}
+
+impl Transport for HttpTransport {
+    fn deliver(&self, url: &Secret<reqwest::Url>, body: Vec<u8>) -> DeliverFuture {
+        let req = self
+            .client
+            .post(url.expose().clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        Box::pin(async move {
+            let mut resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return network_error(e),
+            };
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let mut body = Vec::new();
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(c)) => {
+                        body.extend_from_slice(&c[..c.len().min(MAX_ANSWER - body.len())]);
+                        if body.len() >= MAX_ANSWER {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    // The status is what matters; a body cut short still classifies.
+                    Err(_) => break,
+                }
+            }
+            classify(status, retry_after.as_deref(), &body)
+        })
+    }
+}
+
+/// A request that got no answer. reqwest puts the URL (and so the token) in its errors'
+/// `Display`: strip it before the error goes anywhere.
+fn network_error(e: reqwest::Error) -> Outcome {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    Outcome::Retry {
+        reason: format!("request {kind} ({detail})"),
+        after: None,
+        answered: false,
+    }
+}

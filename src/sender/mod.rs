@@ -1,0 +1,11 @@
+//! How alerts go out: the [`dispatcher`] decides, the [`limiter`] keeps every request inside
+//! OnCall's budgets, the [`client`] does HTTP, and [`outcome`] says what an answer means.
+
+pub mod client;
+pub mod dispatcher;
+pub mod limiter;
+pub mod outcome;
+
+pub use client::{HttpTransport, Transport};
+pub use dispatcher::{Control, Dispatcher, Jitter, SenderConfig};
+pub use outcome::{LimitScope, Outcome};

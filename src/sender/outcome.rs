@@ -1,0 +1,148 @@
+//! What an answer from OnCall means, decided in one typed place: the dispatcher matches on
+//! [`Outcome`], never on status codes or strings.
+
+use std::time::{Duration, SystemTime};
+
+/// Which budget a 429 says ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    Integration,
+    Org,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Integration => "integration",
+            LimitScope::Org => "org",
+        }
+    }
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx: OnCall has it.
+    Delivered,
+    /// 5xx, 408, timeout or a network error: try again later (never before `after`).
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+        /// Whether a response came back (if not, the server may still count the request until
+        /// the timeout has passed once more).
+        answered: bool,
+    },
+    /// 429: keep the alert at the head of its queue and pause the scope.
+    RateLimited {
+        scope: LimitScope,
+        retry_after: Option<Duration>,
+    },
+    /// Any other 4xx: retrying cannot help; the alert becomes a dead letter.
+    Rejected { status: u16, body: String },
+}
+
+/// The most of an answer's body kept (dead letters keep the first 512 bytes of it).
+pub const BODY_KEEP: usize = 512;
+
+/// Classifies an HTTP answer. `retry_after` is the raw header, `body` the start of the body.
+pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome {
+    let after = retry_after.and_then(parse_retry_after);
+    match status {
+        200..=299 => Outcome::Delivered,
+        429 => {
+            // OnCall's 429 is HTML with no Retry-After; its text is the only way to tell the
+            // organization-wide limit from the integration's.
+            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+            let scope = if text.contains("multiple integrations") {
+                LimitScope::Org
+            } else {
+                LimitScope::Integration
+            };
+            Outcome::RateLimited {
+                scope,
+                retry_after: after,
+            }
+        }
+        408 | 500..=599 => Outcome::Retry {
+            reason: format!("OnCall answered {status}"),
+            after,
+            answered: true,
+        },
+        _ => Outcome::Rejected {
+            status,
+            body: truncate_utf8(body, BODY_KEEP),
+        },
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+fn truncate_utf8(b: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(max)]);
+    s.into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oncall_answers_map_to_outcomes() {
+        assert_eq!(classify(200, None, b"\"Ok.\""), Outcome::Delivered);
+        assert!(matches!(classify(503, None, b""), Outcome::Retry { after: None, .. }));
+        assert!(matches!(classify(408, None, b""), Outcome::Retry { .. }));
+        assert_eq!(
+            classify(403, None, b"\"Integration key was not found. Permission denied.\""),
+            Outcome::Rejected {
+                status: 403,
+                body: "\"Integration key was not found. Permission denied.\"".into()
+            }
+        );
+    }
+
+    #[test]
+    fn oncall_429_text_names_the_scope() {
+        let org = b"<html>Rate-limit exceeded: too many alerts were sent from multiple integrations of your organization</html>";
+        let int = b"<html>Rate-limit exceeded: too many alerts were sent from your formatted_webhook integration</html>";
+        assert_eq!(
+            classify(429, None, org),
+            Outcome::RateLimited { scope: LimitScope::Org, retry_after: None }
+        );
+        assert_eq!(
+            classify(429, None, int),
+            Outcome::RateLimited { scope: LimitScope::Integration, retry_after: None }
+        );
+        assert_eq!(
+            classify(429, Some("7"), int),
+            Outcome::RateLimited {
+                scope: LimitScope::Integration,
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_http_date() {
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
+        let d = parse_retry_after(&in_a_minute).unwrap();
+        assert!(d > Duration::from_secs(55) && d <= Duration::from_secs(61), "{d:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn rejected_body_is_bounded() {
+        let big = vec![b'x'; 10_000];
+        match classify(400, None, &big) {
+            Outcome::Rejected { body, .. } => assert_eq!(body.len(), BODY_KEEP),
+            o => panic!("{o:?}"),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! What the agent reports about itself: the `/v1/status` JSON, the `status` CLI table and the
+//! metrics are all built from these types.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, Millis};
+use crate::config::Rate;
+use crate::queue::Store;
+
+/// One budget (an integration's or the organization's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ScopeStatus {
+    /// The budget, e.g. "300/5m".
+    pub limit: String,
+    /// Requests that may count in the current window.
+    pub used: u64,
+    /// Seconds until a request may go out in this scope (0 = now).
+    pub next_free_in_s: f64,
+    /// Seconds until the pause after a 429 ends (or the next probe), if paused.
+    pub paused_for_s: Option<f64>,
+    /// Why it is paused.
+    pub paused_reason: Option<String>,
+    /// 429 answers counted against this scope since start.
+    pub rate_limited_total: u64,
+}
+
+/// Everything the sender knows about one integration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SenderStatus {
+    /// The URL with its token redacted.
+    pub url: String,
+    pub configured: bool,
+    pub delivered_total: u64,
+    pub retried_total: u64,
+    pub dead_lettered_total: u64,
+    pub in_flight: u64,
+    /// The latest failure, in words (never holds the token).
+    pub last_error: Option<String>,
+    /// Seconds until the next attempt is allowed, when something is waiting.
+    pub next_attempt_in_s: Option<f64>,
+    pub budget: ScopeStatus,
+    /// Sum of delivery latencies (seconds) and their count, for the metrics.
+    pub latency_sum_s: f64,
+    /// Delivery latencies by bucket upper bound (see `LATENCY_BUCKETS`).
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Upper bounds (seconds) of the delivery latency histogram.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The sender's half of the status, published by the dispatcher after each turn.
+#[derive(Debug, Clone, Default)]
+pub struct SenderBoard {
+    pub at: Millis,
+    pub integrations: BTreeMap<String, SenderStatus>,
+    pub org: ScopeStatus,
+}
+
+pub type SharedBoard = Arc<Mutex<SenderBoard>>;
+
+/// One integration as `/v1/status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IntegrationReport {
+    pub name: String,
+    /// Alerts waiting.
+    pub depth: u64,
+    pub bytes: u64,
+    /// Age of the oldest waiting alert, seconds.
+    pub oldest_age_s: Option<f64>,
+    /// How long the backlog takes at this budget, when that is longer than one window.
+    pub drain_estimate: Option<String>,
+    #[serde(flatten)]
+    pub sender: SenderStatus,
+}
+
+/// The whole `/v1/status` answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub version: String,
+    pub uptime_s: u64,
+    pub queue_bytes: u64,
+    pub queue_max_bytes: u64,
+    pub dead_letters: u64,
+    pub org: ScopeStatus,
+    pub integrations: Vec<IntegrationReport>,
+}
+
+/// Builds [`StatusReport`]s from the queue's counters and the sender's board.
+pub struct Reporter {
+    pub store: Arc<Store>,
+    pub board: SharedBoard,
+    pub clock: Clock,
+    pub started: Millis,
+    pub max_bytes: u64,
+    /// Each configured integration's budget, for drain estimates; replaced on reload.
+    pub rates: Mutex<BTreeMap<String, Rate>>,
+}
+
+impl Reporter {
+    pub fn report(&self) -> StatusReport {
+        let now = self.clock.now();
+        let board = self.board.lock().expect("board lock").clone();
+        let rates = self.rates.lock().expect("rates lock").clone();
+        let depths = self.store.depths();
+        let mut names: Vec<&String> = rates.keys().collect();
+        for n in depths.keys().chain(board.integrations.keys()) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let integrations = names
+            .into_iter()
+            .map(|name| {
+                let d = depths.get(name).copied().unwrap_or_default();
+                let mut sender = board.integrations.get(name).cloned().unwrap_or_default();
+                sender.configured = rates.contains_key(name);
+                let oldest = if d.alerts > 0 {
+                    self.store.oldest(name).ok().flatten()
+                } else {
+                    None
+                };
+                let drain = rates.get(name).and_then(|r| {
+                    drain_estimate(d.alerts, r.count as u64, r.per.as_secs_f64(), &r.to_string())
+                });
+                IntegrationReport {
+                    name: name.clone(),
+                    depth: d.alerts,
+                    bytes: d.bytes,
+                    oldest_age_s: oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                    drain_estimate: drain,
+                    sender,
+                }
+            })
+            .collect();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: now.saturating_sub(self.started) / 1000,
+            queue_bytes: self.store.total_bytes(),
+            queue_max_bytes: self.max_bytes,
+            dead_letters: self.store.dead_count() as u64,
+            org: board.org,
+            integrations,
+        }
+    }
+}
+
+/// "~14 min to drain at 300/5m", when `depth` alerts take longer than one window.
+pub fn drain_estimate(depth: u64, count: u64, window_s: f64, limit: &str) -> Option<String> {
+    if count == 0 || depth <= count {
+        return None;
+    }
+    let secs = (depth as f64 / count as f64) * window_s;
+    let human = if secs >= 5400.0 {
+        format!("~{:.1} h", secs / 3600.0)
+    } else {
+        format!("~{} min", (secs / 60.0).ceil() as u64)
+    };
+    Some(format!("{human} to drain at {limit}"))
+}
+
+impl StatusReport {
+    /// The `status` CLI's table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "oncall-agent {} up {}s; queue {} of {} bytes; {} dead letters",
+            self.version,
+            self.uptime_s,
+            self.queue_bytes,
+            self.queue_max_bytes,
+            self.dead_letters
+        );
+        let _ = writeln!(s, "org budget {}: {}", self.org.limit, scope_line(&self.org));
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
+            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET", "STATE"
+        );
+        for i in &self.integrations {
+            let oldest = i.oldest_age_s.map_or("-".to_string(), |a| format!("{a:.0}s"));
+            let budget = format!("{} used of {}", i.sender.budget.used, i.sender.budget.limit);
+            let mut state = if !i.sender.configured {
+                "NOT CONFIGURED: alerts kept".to_string()
+            } else {
+                scope_line(&i.sender.budget)
+            };
+            if let Some(n) = i.sender.next_attempt_in_s {
+                let _ = write!(state, "; next attempt in {n:.1}s");
+            }
+            if let Some(d) = &i.drain_estimate {
+                let _ = write!(state, "; {d}");
+            }
+            if let Some(e) = &i.sender.last_error {
+                let _ = write!(state, "; last error: {e}");
+            }
+            let _ = writeln!(
+                s,
+                "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
+                i.name,
+                i.depth,
+                oldest,
+                i.sender.delivered_total,
+                i.sender.retried_total,
+                i.sender.dead_lettered_total,
+                budget,
+                state
+            );
+        }
+        s
+    }
+}
+
+fn scope_line(s: &ScopeStatus) -> String {
+    let mut out = match (&s.paused_reason, s.paused_for_s) {
+        (Some(r), Some(t)) => format!("PAUSED ({r}), {t:.1}s left"),
+        _ if s.next_free_in_s > 0.0 => format!("budget spent, next slot in {:.1}s", s.next_free_in_s),
+        _ => "ok".to_string(),
+    };
+    if s.rate_limited_total > 0 {
+        out.push_str(&format!(", {} x 429", s.rate_limited_total));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_estimate_only_beyond_one_window() {
+        assert_eq!(drain_estimate(200, 300, 300.0, "300/5m"), None);
+        assert_eq!(
+            drain_estimate(840, 300, 300.0, "300/5m").as_deref(),
+            Some("~14 min to drain at 300/5m")
+        );
+        assert_eq!(
+            drain_estimate(36_000, 300, 300.0, "300/5m").as_deref(),
+            Some("~10.0 h to drain at 300/5m")
+        );
+    }
+}
