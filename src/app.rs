@@ -152,7 +152,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(AppError::Sender(e.to_string())),
         Ok(Err(e)) => return Err(AppError::Sender(e.to_string())),
-        Err(_) => tracing::warn!("In-flight deliveries did not finish within shutdown_timeout; they stay queued and go out after the restart."),
+        Err(_) => tracing::warn!(
+            "In-flight deliveries did not finish within shutdown_timeout; they stay queued and go out after the restart."
+        ),
     }
     if let Err(e) = store.sync() {
         tracing::error!("The final sync of the queue failed: {e}");
@@ -162,7 +164,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
 }
 
 fn rates_of(c: &Config) -> BTreeMap<String, crate::config::Rate> {
-    c.integrations.iter().map(|i| (i.name.clone(), i.rate)).collect()
+    c.integrations
+        .iter()
+        .map(|i| (i.name.clone(), i.rate))
+        .collect()
 }
 
 async fn apply_reload(
@@ -172,18 +177,30 @@ async fn apply_reload(
     control: &mpsc::Sender<Control>,
     reporter: &Reporter,
 ) {
-    let names = |c: &Config| -> Vec<String> { c.integrations.iter().map(|i| i.name.clone()).collect() };
+    let names =
+        |c: &Config| -> Vec<String> { c.integrations.iter().map(|i| i.name.clone()).collect() };
     let (old_names, new_names) = (names(old), names(new));
-    let removed: Vec<&String> = old_names.iter().filter(|n| !new_names.contains(n)).collect();
-    let added: Vec<&String> = new_names.iter().filter(|n| !old_names.contains(n)).collect();
+    let removed: Vec<&String> = old_names
+        .iter()
+        .filter(|n| !new_names.contains(n))
+        .collect();
+    let added: Vec<&String> = new_names
+        .iter()
+        .filter(|n| !old_names.contains(n))
+        .collect();
     ingest.set_integrations(new_names.clone());
     *reporter.rates.lock().expect("rates lock") = rates_of(new);
-    let _ = control.send(Control::Reload(SenderConfig::from_config(new))).await;
+    let _ = control
+        .send(Control::Reload(SenderConfig::from_config(new)))
+        .await;
     for n in &removed {
         let d = reporter.store.depth(n);
         tracing::warn!(integration = %n, queued = d.alerts, "Integration removed by reload; its queued alerts are kept and go out if it comes back.");
     }
-    if old.listen.unix != new.listen.unix || old.listen.tcp != new.listen.tcp || old.state_dir != new.state_dir {
+    if old.listen.unix != new.listen.unix
+        || old.listen.tcp != new.listen.tcp
+        || old.state_dir != new.state_dir
+    {
         tracing::warn!("Changes to listen addresses or state_dir take effect at the next restart.");
     }
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
@@ -209,11 +226,15 @@ fn start_listeners(
     let unix = match (inherited_unix, &config.listen.unix) {
         (Some(l), _) => Some(l),
         (None, Some(path)) => Some(
-            http::bind_unix(path, config.listen.unix_mode, config.listen.unix_group.as_deref())
-                .map_err(|source| AppError::Listen {
-                    what: path.display().to_string(),
-                    source,
-                })?,
+            http::bind_unix(
+                path,
+                config.listen.unix_mode,
+                config.listen.unix_group.as_deref(),
+            )
+            .map_err(|source| AppError::Listen {
+                what: path.display().to_string(),
+                source,
+            })?,
         ),
         (None, None) => None,
     };
@@ -228,14 +249,17 @@ fn start_listeners(
                 what: addr.to_string(),
                 source,
             })?;
-            std.set_nonblocking(true).map_err(|source| AppError::Listen {
-                what: addr.to_string(),
-                source,
-            })?;
-            Some(tokio::net::TcpListener::from_std(std).map_err(|source| AppError::Listen {
-                what: addr.to_string(),
-                source,
-            })?)
+            std.set_nonblocking(true)
+                .map_err(|source| AppError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?;
+            Some(
+                tokio::net::TcpListener::from_std(std).map_err(|source| AppError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?,
+            )
         }
         (None, None) => None,
     };
@@ -258,7 +282,10 @@ fn start_listeners(
 }
 
 /// Sockets passed by systemd socket activation (LISTEN_FDS), at most one of each kind.
-fn inherited_listeners() -> (Option<tokio::net::UnixListener>, Option<tokio::net::TcpListener>) {
+fn inherited_listeners() -> (
+    Option<tokio::net::UnixListener>,
+    Option<tokio::net::TcpListener>,
+) {
     let mine = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -275,7 +302,13 @@ fn inherited_listeners() -> (Option<tokio::net::UnixListener>, Option<tokio::net
         let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // getsockname only tells the family of a descriptor systemd handed us.
-        let rc = unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) };
+        let rc = unsafe {
+            libc::getsockname(
+                fd,
+                (&mut addr as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            )
+        };
         if rc != 0 {
             tracing::warn!(fd, "An inherited descriptor is not a socket; ignored.");
             continue;
@@ -304,7 +337,11 @@ fn inherited_listeners() -> (Option<tokio::net::UnixListener>, Option<tokio::net
         std::env::remove_var("LISTEN_FDNAMES");
     }
     if unix.is_some() || tcp.is_some() {
-        tracing::info!(unix = unix.is_some(), tcp = tcp.is_some(), "Using sockets passed by systemd.");
+        tracing::info!(
+            unix = unix.is_some(),
+            tcp = tcp.is_some(),
+            "Using sockets passed by systemd."
+        );
     }
     (unix, tcp)
 }

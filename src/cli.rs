@@ -39,7 +39,11 @@ impl CliError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "oncall-agent", version, about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits")]
+#[command(
+    name = "oncall-agent",
+    version,
+    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits"
+)]
 pub struct Cli {
     /// The config file.
     #[arg(long, short, global = true, env = "ONCALL_AGENT_CONFIG", default_value = DEFAULT_PATH)]
@@ -143,11 +147,16 @@ pub fn alert_body(args: &SendArgs, max_body: usize) -> Result<Vec<u8>, CliError>
         } else {
             std::fs::File::open(src).and_then(|f| f.take(limit).read_to_end(&mut buf))
         };
-        read.map_err(|e| CliError::new(exit::DATAERR, format!("cannot read {}: {e}", src.display())))?;
+        read.map_err(|e| {
+            CliError::new(exit::DATAERR, format!("cannot read {}: {e}", src.display()))
+        })?;
         if buf.len() > max_body {
             return Err(CliError::new(
                 exit::DATAERR,
-                format!("{} is larger than queue.max_body ({max_body} bytes)", src.display()),
+                format!(
+                    "{} is larger than queue.max_body ({max_body} bytes)",
+                    src.display()
+                ),
             ));
         }
         crate::sources::http::parse_alert(&buf)
@@ -205,24 +214,42 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
             exit::TEMPFAIL,
             format!("the agent cannot take the alert now ({reason}); retry later"),
         )),
-        404 | 400 | 413 => Err(CliError::new(exit::DATAERR, format!("the agent refused the alert: {reason}"))),
-        s => Err(CliError::new(exit::SOFTWARE, format!("the agent answered {s}: {reason}"))),
+        404 | 400 | 413 => Err(CliError::new(
+            exit::DATAERR,
+            format!("the agent refused the alert: {reason}"),
+        )),
+        s => Err(CliError::new(
+            exit::SOFTWARE,
+            format!("the agent answered {s}: {reason}"),
+        )),
     }
 }
 
 /// `status`.
 pub async fn status(config_path: &std::path::Path, json: bool) -> Result<(), CliError> {
     let config = load(config_path)?;
-    let answer = local::request(&config, hyper::Method::GET, "/v1/status", Vec::new(), Duration::from_secs(5))
-        .await
-        .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e} (is the daemon running?)")))?;
+    let answer = local::request(
+        &config,
+        hyper::Method::GET,
+        "/v1/status",
+        Vec::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e} (is the daemon running?)")))?;
     if answer.status != 200 {
-        return Err(CliError::new(exit::SOFTWARE, format!("the agent answered {}", answer.status)));
+        return Err(CliError::new(
+            exit::SOFTWARE,
+            format!("the agent answered {}", answer.status),
+        ));
     }
     let report: StatusReport = serde_json::from_slice(&answer.body)
         .map_err(|e| CliError::new(exit::SOFTWARE, format!("unexpected status answer: {e}")))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         print!("{}", report.table());
     }

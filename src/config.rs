@@ -105,7 +105,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Either::deserialize(d)? {
             Either::N(n) => Ok(ByteSize(n)),
-            Either::S(s) => parse_bytes(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Either::S(s) => parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -125,7 +127,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "mib" => 1024 * 1024,
         "g" | "gb" => 1000 * 1000 * 1000,
         "gib" => 1024 * 1024 * 1024,
-        other => return Err(format!("{s:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB)"
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
@@ -531,7 +537,10 @@ impl Validator<'_> {
                 .ok()
                 .filter(|m| *m <= 0o777)
                 .ok_or_else(|| {
-                    self.err("listen.unix_mode", format!("{s:?} is not an octal mode like \"0660\""))
+                    self.err(
+                        "listen.unix_mode",
+                        format!("{s:?} is not an octal mode like \"0660\""),
+                    )
                 })?,
         };
         if unix_mode & 0o007 != 0 {
@@ -543,7 +552,10 @@ impl Validator<'_> {
         let tcp = match &r.tcp {
             None => None,
             Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
-                self.err("listen.tcp", format!("{s:?} is not an address like 127.0.0.1:9753 ({e})"))
+                self.err(
+                    "listen.tcp",
+                    format!("{s:?} is not an address like 127.0.0.1:9753 ({e})"),
+                )
             })?),
         };
         let auth_token = match (r.auth_token, r.auth_token_file) {
@@ -670,23 +682,30 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let e = parse(&format!("{MIN}\nbogus = 1\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MIN}\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/test.toml"), "{e}");
         assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]
     fn bad_rate_names_field_and_shape() {
-        let e = parse(&MIN.replace("[listen]", "[limits]\nintegration = \"300 per 5m\"\n[listen]"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&MIN.replace(
+            "[listen]",
+            "[limits]\nintegration = \"300 per 5m\"\n[listen]",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("COUNT/DURATION"), "{e}");
         assert!(e.contains("integration"), "{e}");
     }
 
     #[test]
     fn bad_url_error_does_not_echo_the_token() {
-        let e = parse(&MIN.replace("https://", "ht tps://")).unwrap_err().to_string();
+        let e = parse(&MIN.replace("https://", "ht tps://"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("integration[0].url"), "{e}");
         assert!(!e.contains("SECRETTOKEN"), "{e}");
     }
@@ -695,7 +714,10 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
     fn remote_tcp_needs_allow_remote_and_token() {
         let remote = MIN.replace("127.0.0.1:9753", "0.0.0.0:9753");
         let e = parse(&remote).unwrap_err().to_string();
-        assert!(e.contains("listen.tcp") && e.contains("allow_remote"), "{e}");
+        assert!(
+            e.contains("listen.tcp") && e.contains("allow_remote"),
+            "{e}"
+        );
         let e = parse(&remote.replace("[listen]", "[listen]\nallow_remote = true"))
             .unwrap_err()
             .to_string();
@@ -712,9 +734,19 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         let twice = format!(
             "{MIN}\n[[integration]]\nname = \"db-prod\"\nurl = \"https://x/integrations/v1/webhook/t/\"\n"
         );
-        assert!(parse(&twice).unwrap_err().to_string().contains("used twice"));
+        assert!(
+            parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("used twice")
+        );
         let bad = MIN.replace("name = \"db-prod\"", "name = \"db prod/1\"");
-        assert!(parse(&bad).unwrap_err().to_string().contains("integration[0].name"));
+        assert!(
+            parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("integration[0].name")
+        );
     }
 
     #[test]

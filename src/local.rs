@@ -54,22 +54,33 @@ async fn request_inner(
     if let Some(t) = &config.listen.auth_token
         && config.listen.unix.is_none()
     {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.expose()));
+        req = req.header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", t.expose()),
+        );
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| LocalError::Protocol(e.to_string()))?;
     if let Some(path) = &config.listen.unix {
         let at = path.display().to_string();
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| LocalError::Unreachable { at: at.clone(), reason: e.to_string() })?;
+        let stream =
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| LocalError::Unreachable {
+                    at: at.clone(),
+                    reason: e.to_string(),
+                })?;
         exchange(stream, req, at).await
     } else if let Some(addr) = config.listen.tcp {
         let at = addr.to_string();
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| LocalError::Unreachable { at: at.clone(), reason: e.to_string() })?;
+        let stream =
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| LocalError::Unreachable {
+                    at: at.clone(),
+                    reason: e.to_string(),
+                })?;
         exchange(stream, req, at).await
     } else {
         Err(LocalError::Unreachable {
@@ -89,7 +100,10 @@ where
 {
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| LocalError::Unreachable { at, reason: e.to_string() })?;
+        .map_err(|e| LocalError::Unreachable {
+            at,
+            reason: e.to_string(),
+        })?;
     tokio::spawn(conn);
     let resp = send
         .send_request(req)
@@ -108,5 +122,9 @@ where
         .map_err(|e| LocalError::Protocol(e.to_string()))?
         .to_bytes()
         .to_vec();
-    Ok(Answer { status, body, retry_after })
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
 }

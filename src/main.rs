@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use oncall_agent::cli::{self, Cli, Command, CliError, LogFormat, exit};
+use oncall_agent::cli::{self, Cli, CliError, Command, LogFormat, exit};
 use oncall_agent::config::Config;
 
 fn main() -> ExitCode {
@@ -11,8 +11,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { log_format } => run(&cli.config, log_format),
         Command::CheckConfig => cli::check_config(&cli.config),
-        Command::Send(args) => small_runtime().and_then(|rt| rt.block_on(cli::send(&cli.config, args))),
-        Command::Status { json } => small_runtime().and_then(|rt| rt.block_on(cli::status(&cli.config, json))),
+        Command::Send(args) => {
+            small_runtime().and_then(|rt| rt.block_on(cli::send(&cli.config, args)))
+        }
+        Command::Status { json } => {
+            small_runtime().and_then(|rt| rt.block_on(cli::status(&cli.config, json)))
+        }
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
@@ -28,11 +32,17 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError { code: exit::SOFTWARE, message: format!("cannot start: {e}") })
+        .map_err(|e| CliError {
+            code: exit::SOFTWARE,
+            message: format!("cannot start: {e}"),
+        })
 }
 
 fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
-    let config = Config::load(path).map_err(|e| CliError { code: exit::CONFIG, message: e.to_string() })?;
+    let config = Config::load(path).map_err(|e| CliError {
+        code: exit::CONFIG,
+        message: e.to_string(),
+    })?;
     init_logging(&config.log_level, format);
     for w in oncall_agent::config::warnings(&config) {
         tracing::warn!("{w}");
@@ -41,11 +51,17 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| CliError { code: exit::SOFTWARE, message: format!("cannot start: {e}") })?;
+        .map_err(|e| CliError {
+            code: exit::SOFTWARE,
+            message: format!("cannot start: {e}"),
+        })?;
     rt.block_on(oncall_agent::app::run(config, std::future::pending()))
         .map_err(|e| {
             tracing::error!("{e}");
-            CliError { code: exit::SOFTWARE, message: e.to_string() }
+            CliError {
+                code: exit::SOFTWARE,
+                message: e.to_string(),
+            }
         })
 }
 
@@ -55,10 +71,17 @@ fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match (format, journald) {
         (LogFormat::Json, _) => b.json().init(),
         (LogFormat::Plain, true) => b.without_time().with_ansi(false).with_target(false).init(),
-        (LogFormat::Plain, false) => b.with_target(false).init(),
+        (LogFormat::Plain, false) => {
+            use std::io::IsTerminal;
+            b.with_target(false)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init()
+        }
     }
 }

@@ -123,7 +123,12 @@ impl Reporter {
                     None
                 };
                 let drain = rates.get(name).and_then(|r| {
-                    drain_estimate(d.alerts, r.count as u64, r.per.as_secs_f64(), &r.to_string())
+                    drain_estimate(
+                        d.alerts,
+                        r.count as u64,
+                        r.per.as_secs_f64(),
+                        &r.to_string(),
+                    )
                 });
                 IntegrationReport {
                     name: name.clone(),
@@ -169,20 +174,23 @@ impl StatusReport {
         let _ = writeln!(
             s,
             "oncall-agent {} up {}s; queue {} of {} bytes; {} dead letters",
-            self.version,
-            self.uptime_s,
-            self.queue_bytes,
-            self.queue_max_bytes,
-            self.dead_letters
+            self.version, self.uptime_s, self.queue_bytes, self.queue_max_bytes, self.dead_letters
         );
-        let _ = writeln!(s, "org budget {}: {}", self.org.limit, scope_line(&self.org));
         let _ = writeln!(
             s,
-            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
-            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET", "STATE"
+            "org budget {}: {}",
+            self.org.limit,
+            scope_line(&self.org)
+        );
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",
+            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET"
         );
         for i in &self.integrations {
-            let oldest = i.oldest_age_s.map_or("-".to_string(), |a| format!("{a:.0}s"));
+            let oldest = i
+                .oldest_age_s
+                .map_or("-".to_string(), |a| format!("{a:.0}s"));
             let budget = format!("{} used of {}", i.sender.budget.used, i.sender.budget.limit);
             let mut state = if !i.sender.configured {
                 "NOT CONFIGURED: alerts kept".to_string()
@@ -218,7 +226,9 @@ impl StatusReport {
 fn scope_line(s: &ScopeStatus) -> String {
     let mut out = match (&s.paused_reason, s.paused_for_s) {
         (Some(r), Some(t)) => format!("PAUSED ({r}), {t:.1}s left"),
-        _ if s.next_free_in_s > 0.0 => format!("budget spent, next slot in {:.1}s", s.next_free_in_s),
+        _ if s.next_free_in_s > 0.0 => {
+            format!("budget spent, next slot in {:.1}s", s.next_free_in_s)
+        }
         _ => "ok".to_string(),
     };
     if s.rate_limited_total > 0 {

@@ -101,7 +101,14 @@ mod tests {
 
     #[test]
     fn other_version_is_an_error() {
-        let mut b = Envelope { received_at: 1, attempts: 0, next_attempt_at: 0, key_hash: 0, payload: vec![] }.encode();
+        let mut b = Envelope {
+            received_at: 1,
+            attempts: 0,
+            next_attempt_at: 0,
+            key_hash: 0,
+            payload: vec![],
+        }
+        .encode();
         b[0] = 9;
         assert!(matches!(Envelope::decode(&b), Err(DecodeError::Version(9))));
     }

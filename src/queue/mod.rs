@@ -7,4 +7,4 @@ pub mod writer;
 
 pub use envelope::Envelope;
 pub use store::{DeadLetter, Depth, Store, StoreError};
-pub use writer::{IngestError, Ingest};
+pub use writer::{Ingest, IngestError};

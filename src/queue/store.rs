@@ -150,17 +150,19 @@ impl Store {
     /// Opens the database at `path`. A database sled calls corrupt is moved aside (kept,
     /// timestamped) and an empty one opened in its place: the agent never refuses to start
     /// over it; the caller reports the [`Quarantined`] answer loudly.
-    pub fn open(path: &Path, cache_capacity: u64) -> Result<(Store, Option<Quarantined>), StoreError> {
+    pub fn open(
+        path: &Path,
+        cache_capacity: u64,
+    ) -> Result<(Store, Option<Quarantined>), StoreError> {
         match Store::open_once(path, cache_capacity) {
             Ok(s) => Ok((s, None)),
             Err(e) if e.is_corruption() => {
                 let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                     .to_string()
                     .replace(':', "");
-                let name = path.file_name().map_or_else(
-                    || "queue".to_string(),
-                    |n| n.to_string_lossy().into_owned(),
-                );
+                let name = path
+                    .file_name()
+                    .map_or_else(|| "queue".to_string(), |n| n.to_string_lossy().into_owned());
                 let moved_to = path.with_file_name(format!("{name}.corrupt-{stamp}"));
                 std::fs::rename(path, &moved_to).map_err(|source| StoreError::Quarantine {
                     path: path.to_owned(),
@@ -332,7 +334,8 @@ impl Store {
             d.alerts += 1;
             d.bytes += value.len() as u64;
             d.last_seq = d.last_seq.max(*seq);
-            self.total_bytes.fetch_add(value.len() as u64, Ordering::SeqCst);
+            self.total_bytes
+                .fetch_add(value.len() as u64, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -400,7 +403,8 @@ impl Store {
             d.alerts = d.alerts.saturating_sub(seqs.len() as u64);
             d.bytes = d.bytes.saturating_sub(freed);
         }
-        self.total_bytes.fetch_sub(freed.min(self.total_bytes()), Ordering::SeqCst);
+        self.total_bytes
+            .fetch_sub(freed.min(self.total_bytes()), Ordering::SeqCst);
         Ok(())
     }
 
@@ -437,7 +441,8 @@ impl Store {
             d.alerts = d.alerts.saturating_sub(1);
             d.bytes = d.bytes.saturating_sub(bytes);
         }
-        self.total_bytes.fetch_sub(bytes.min(self.total_bytes()), Ordering::SeqCst);
+        self.total_bytes
+            .fetch_sub(bytes.min(self.total_bytes()), Ordering::SeqCst);
         self.db.flush()?;
         Ok(())
     }

@@ -131,7 +131,11 @@ impl Ingest {
             });
         }
         let (reply, rx) = oneshot::channel();
-        let req = WriteReq { alerts, meta, reply };
+        let req = WriteReq {
+            alerts,
+            meta,
+            reply,
+        };
         if wait {
             self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
         } else {
@@ -148,7 +152,12 @@ impl Ingest {
     }
 }
 
-fn writer_loop(mut rx: mpsc::Receiver<WriteReq>, store: Arc<Store>, cfg: WriterConfig, clock: Clock) {
+fn writer_loop(
+    mut rx: mpsc::Receiver<WriteReq>,
+    store: Arc<Store>,
+    cfg: WriterConfig,
+    clock: Clock,
+) {
     let mut group: Vec<WriteReq> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut n = first.alerts.len();
@@ -217,7 +226,10 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, max_bytes: u64, clock:
             }
         }
         Err(e) => {
-            tracing::error!("Writing {} alerts to the queue failed: {e}. They were refused with 503.", rows.len());
+            tracing::error!(
+                "Writing {} alerts to the queue failed: {e}. They were refused with 503.",
+                rows.len()
+            );
             let msg = e.to_string();
             for (reply, _) in accepted {
                 let _ = reply.send(Err(IngestError::Disk(msg.clone())));

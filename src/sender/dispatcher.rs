@@ -222,7 +222,11 @@ impl Dispatcher {
             i.configured = false;
         }
         for t in cfg.targets {
-            match self.integrations.iter_mut().find(|i| i.target.name == t.name) {
+            match self
+                .integrations
+                .iter_mut()
+                .find(|i| i.target.name == t.name)
+            {
                 Some(i) => {
                     i.configured = true;
                     i.status.configured = true;
@@ -305,9 +309,9 @@ impl Dispatcher {
             if last <= i.loaded_upto {
                 continue;
             }
-            let more = self
-                .store
-                .load_after(&i.target.name, i.loaded_upto, WINDOW - i.window.len())?;
+            let more =
+                self.store
+                    .load_after(&i.target.name, i.loaded_upto, WINDOW - i.window.len())?;
             match more.last() {
                 Some((seq, _)) => i.loaded_upto = *seq,
                 // Everything up to `last` was acked or dead-lettered meanwhile.
@@ -448,7 +452,10 @@ impl Dispatcher {
     fn backoff(&self, attempt: u32) -> Duration {
         let initial = self.delivery.retry_initial;
         let cap = initial
-            .checked_mul(1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX))
+            .checked_mul(
+                1u32.checked_shl(attempt.saturating_sub(1).min(31))
+                    .unwrap_or(u32::MAX),
+            )
             .unwrap_or(self.delivery.retry_max)
             .min(self.delivery.retry_max);
         match self.jitter {
@@ -467,9 +474,19 @@ impl Dispatcher {
         let now = self.clock.now();
         self.in_flight -= 1;
         let scopes = Self::scopes(&d.integration);
-        let answered = !matches!(outcome, Outcome::Retry { answered: false, .. });
+        let answered = !matches!(
+            outcome,
+            Outcome::Retry {
+                answered: false,
+                ..
+            }
+        );
         // A request that got no answer may still be counted until a timeout from now.
-        let until = if answered { now } else { now + ms(self.delivery.timeout) };
+        let until = if answered {
+            now
+        } else {
+            now + ms(self.delivery.timeout)
+        };
         self.limiters.answered(&scopes, d.slot, until)?;
         let Some(idx) = self
             .integrations
@@ -517,7 +534,9 @@ impl Dispatcher {
             Outcome::Retry { reason, after, .. } => {
                 let step = self.integrations[idx].failures + 1;
                 let int_delay = self.backoff(step).max(after.unwrap_or_default());
-                let own_delay = self.backoff(retry_after_attempts).max(after.unwrap_or_default());
+                let own_delay = self
+                    .backoff(retry_after_attempts)
+                    .max(after.unwrap_or_default());
                 let i = &mut self.integrations[idx];
                 if i.failures == 0 {
                     tracing::warn!(integration = %i.target.name, url = %i.target.redacted_url, "Delivery failed: {reason}. Retrying with backoff; the alert stays queued.");
@@ -537,7 +556,11 @@ impl Dispatcher {
             Outcome::RateLimited { scope, retry_after } => {
                 let probe_interval = ms(self.delivery.probe_interval);
                 let (until, probe, reason) = match retry_after {
-                    Some(ra) => (now + ms(ra), false, format!("429 with Retry-After {}s", ra.as_secs())),
+                    Some(ra) => (
+                        now + ms(ra),
+                        false,
+                        format!("429 with Retry-After {}s", ra.as_secs()),
+                    ),
                     // Probe a fixed interval after the request that was refused was sent.
                     None => (
                         (d.sent_at + probe_interval).max(now),
@@ -566,7 +589,11 @@ impl Dispatcher {
                     }
                     None => {
                         tracing::warn!(integration = %i.target.name, scope = scope.as_str(), "OnCall answered 429 (its {} rate limit). Pausing {}: {reason}. Alerts stay queued in order.", scope.as_str(), if scope == LimitScope::Org { "every integration" } else { "this integration" });
-                        *pause = Some(Pause { until, probe, reason });
+                        *pause = Some(Pause {
+                            until,
+                            probe,
+                            reason,
+                        });
                     }
                 }
             }
@@ -585,9 +612,13 @@ impl Dispatcher {
                     response: body,
                     payload: String::from_utf8_lossy(&e.env.payload).into_owned(),
                 };
-                self.store.move_to_dead(&i.target.name, e.seq, &dl, e.bytes)?;
+                self.store
+                    .move_to_dead(&i.target.name, e.seq, &dl, e.bytes)?;
                 i.status.dead_lettered_total += 1;
-                i.status.last_error = Some(format!("OnCall answered {status}; alert {} moved to the dead letters", e.seq));
+                i.status.last_error = Some(format!(
+                    "OnCall answered {status}; alert {} moved to the dead letters",
+                    e.seq
+                ));
                 tracing::error!(integration = %i.target.name, url = %i.target.redacted_url, status, id = e.seq, "OnCall refused an alert; it is kept as a dead letter (see `oncall-agent dead list`).");
             }
         }
@@ -664,7 +695,9 @@ impl Dispatcher {
                 })
             };
             let i = &mut self.integrations[idx];
-            let l = self.limiters.get(&Scope::Integration(i.target.name.clone()));
+            let l = self
+                .limiters
+                .get(&Scope::Integration(i.target.name.clone()));
             i.status.in_flight = i.in_flight as u64;
             i.status.next_attempt_in_s = next.map(secs);
             i.status.budget.limit = i.target.rate.to_string();
@@ -672,7 +705,9 @@ impl Dispatcher {
             i.status.budget.next_free_in_s = l.map_or(0.0, |l| secs(l.next_free(now)));
             i.status.budget.paused_for_s = i.pause.as_ref().map(|p| secs(p.until));
             i.status.budget.paused_reason = i.pause.as_ref().map(|p| p.reason.clone());
-            board.integrations.insert(i.target.name.clone(), i.status.clone());
+            board
+                .integrations
+                .insert(i.target.name.clone(), i.status.clone());
         }
         *self.board.lock().expect("board lock") = board;
     }

@@ -95,7 +95,10 @@ impl Limiter {
 
     /// Takes a slot for a request leaving at `now`, counted at most until `until`.
     pub fn take(&mut self, slot: Slot) {
-        debug_assert!(self.is_free(slot.sent), "slot taken while the budget is spent");
+        debug_assert!(
+            self.is_free(slot.sent),
+            "slot taken while the budget is spent"
+        );
         self.slots.push(slot);
     }
 
@@ -150,7 +153,11 @@ impl Scope {
         let p = p.strip_suffix(&[0])?;
         let scope = match p {
             b"org" => Scope::Org,
-            _ => Scope::Integration(std::str::from_utf8(p.strip_prefix(b"i/")?).ok()?.to_string()),
+            _ => Scope::Integration(
+                std::str::from_utf8(p.strip_prefix(b"i/")?)
+                    .ok()?
+                    .to_string(),
+            ),
         };
         Some((scope, id))
     }
@@ -242,14 +249,24 @@ impl LimiterSet {
 
     /// Takes one slot in each scope for a request leaving at `now`. Written to sled but not
     /// flushed: the caller flushes once before the requests of its turn leave.
-    pub fn take(&mut self, scopes: &[Scope], now: Millis, until: Millis) -> Result<u64, sled::Error> {
+    pub fn take(
+        &mut self,
+        scopes: &[Scope],
+        now: Millis,
+        until: Millis,
+    ) -> Result<u64, sled::Error> {
         let id = self.next_id;
         self.next_id += 1;
         for scope in scopes {
             if let Some(l) = self.limiters.get_mut(scope) {
-                let slot = Slot { id, sent: now, until };
+                let slot = Slot {
+                    id,
+                    sent: now,
+                    until,
+                };
                 l.take(slot);
-                self.tree.insert(slot_key(scope, id), slot_value(&slot).to_vec())?;
+                self.tree
+                    .insert(slot_key(scope, id), slot_value(&slot).to_vec())?;
             }
         }
         Ok(id)
@@ -261,7 +278,8 @@ impl LimiterSet {
             if let Some(l) = self.limiters.get_mut(scope)
                 && let Some(slot) = l.answered(id, at)
             {
-                self.tree.insert(slot_key(scope, id), slot_value(&slot).to_vec())?;
+                self.tree
+                    .insert(slot_key(scope, id), slot_value(&slot).to_vec())?;
             }
         }
         Ok(())
@@ -325,7 +343,11 @@ mod tests {
     fn lowering_the_rate_keeps_taken_slots_counting() {
         let mut l = Limiter::new(rate(5, 10));
         for i in 0..4 {
-            l.take(Slot { id: i, sent: i, until: i });
+            l.take(Slot {
+                id: i,
+                sent: i,
+                until: i,
+            });
         }
         l.set_rate(rate(2, 10));
         // 4 live slots, budget 2: the 2nd latest (until=2) must be a window behind.
@@ -406,12 +428,19 @@ mod tests {
             }
             l.prune(now);
             id += 1;
-            l.take(Slot { id, sent: now, until: now + 10_000 });
+            l.take(Slot {
+                id,
+                sent: now,
+                until: now + 10_000,
+            });
             l.answered(id, now + 50);
             sent += 1;
         }
         let budget = 300 * 12;
-        assert!(sent as f64 >= 0.99 * budget as f64, "sent {sent} of {budget}");
+        assert!(
+            sent as f64 >= 0.99 * budget as f64,
+            "sent {sent} of {budget}"
+        );
         assert!(sent <= budget);
     }
 }

@@ -82,7 +82,10 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn truncate_utf8(b: &[u8], max: usize) -> String {
@@ -97,10 +100,17 @@ mod tests {
     #[test]
     fn oncall_answers_map_to_outcomes() {
         assert_eq!(classify(200, None, b"\"Ok.\""), Outcome::Delivered);
-        assert!(matches!(classify(503, None, b""), Outcome::Retry { after: None, .. }));
+        assert!(matches!(
+            classify(503, None, b""),
+            Outcome::Retry { after: None, .. }
+        ));
         assert!(matches!(classify(408, None, b""), Outcome::Retry { .. }));
         assert_eq!(
-            classify(403, None, b"\"Integration key was not found. Permission denied.\""),
+            classify(
+                403,
+                None,
+                b"\"Integration key was not found. Permission denied.\""
+            ),
             Outcome::Rejected {
                 status: 403,
                 body: "\"Integration key was not found. Permission denied.\"".into()
@@ -114,11 +124,17 @@ mod tests {
         let int = b"<html>Rate-limit exceeded: too many alerts were sent from your formatted_webhook integration</html>";
         assert_eq!(
             classify(429, None, org),
-            Outcome::RateLimited { scope: LimitScope::Org, retry_after: None }
+            Outcome::RateLimited {
+                scope: LimitScope::Org,
+                retry_after: None
+            }
         );
         assert_eq!(
             classify(429, None, int),
-            Outcome::RateLimited { scope: LimitScope::Integration, retry_after: None }
+            Outcome::RateLimited {
+                scope: LimitScope::Integration,
+                retry_after: None
+            }
         );
         assert_eq!(
             classify(429, Some("7"), int),
@@ -133,7 +149,10 @@ mod tests {
     fn retry_after_http_date() {
         let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
         let d = parse_retry_after(&in_a_minute).unwrap();
-        assert!(d > Duration::from_secs(55) && d <= Duration::from_secs(61), "{d:?}");
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(61),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

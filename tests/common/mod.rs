@@ -1,0 +1,398 @@
+//! Shared test harness: a fake OnCall that answers like ../shared/oncall-facts.md says the real
+//! one does, the real daemon binary run in a temp dir, and waiting on conditions with deadlines.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+/// OnCall's 429 texts (HTML, no Retry-After).
+pub const INTEGRATION_429: &str = "<html><body>Rate-limit exceeded: too many alerts were sent from your formatted_webhook integration. Please wait</body></html>";
+pub const ORG_429: &str = "<html><body>Rate-limit exceeded: too many alerts were sent from multiple integrations of your organization. Please wait</body></html>";
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub retry_after: Option<String>,
+    /// Answer only after this long.
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::status(200, "\"Ok.\"")
+    }
+    pub fn status(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.to_string(),
+            retry_after: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub token: String,
+    pub kind: String,
+    pub body: serde_json::Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// Tokens that exist (others get 403, as a deleted or unknown integration does).
+    tokens: Vec<String>,
+    /// Scripted answers, used in order before `default`.
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    /// Accepted alerts (2xx) in arrival order.
+    accepted: Vec<Received>,
+    /// Every request that arrived, whatever it was answered.
+    all: Vec<Received>,
+}
+
+/// A fake OnCall integration endpoint on 127.0.0.1.
+#[derive(Clone)]
+pub struct FakeOnCall {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeOnCall {
+    /// Starts serving; `tokens` are the integration tokens it knows.
+    pub async fn start(tokens: &[&str]) -> FakeOnCall {
+        let state = Arc::new(Mutex::new(FakeState {
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            default: Some(Reply::ok()),
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/integrations/v1/{kind}/{token}/", post(alert))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeOnCall { addr, state }
+    }
+
+    /// The inbound URL of integration `token`.
+    pub fn url(&self, kind: &str, token: &str) -> String {
+        format!("http://{}/integrations/v1/{kind}/{token}/", self.addr)
+    }
+
+    /// Answers the next requests with these, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Answer for requests once the script is used up.
+    pub fn set_default(&self, reply: Reply) {
+        self.state.lock().unwrap().default = Some(reply);
+    }
+
+    pub fn accepted(&self) -> Vec<Received> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.state.lock().unwrap().all.clone()
+    }
+
+    /// Accepted alerts' bodies per token.
+    pub fn accepted_by_token(&self) -> BTreeMap<String, Vec<serde_json::Value>> {
+        let mut m: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        for r in self.accepted() {
+            m.entry(r.token).or_default().push(r.body);
+        }
+        m
+    }
+}
+
+async fn alert(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    UrlPath((kind, token)): UrlPath<(String, String)>,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body_json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) if body.is_empty() => {
+            return (StatusCode::BAD_REQUEST, "\"Payload is required\"").into_response();
+        }
+        Err(_) => return (StatusCode::BAD_REQUEST, "\"Bad JSON\"").into_response(),
+    };
+    let rec = Received {
+        token: token.clone(),
+        kind,
+        body: body_json,
+        at: Instant::now(),
+    };
+    let reply = {
+        let mut s = state.lock().unwrap();
+        s.all.push(rec.clone());
+        if !s.tokens.contains(&token) {
+            return (
+                StatusCode::FORBIDDEN,
+                "\"Integration key was not found. Permission denied.\"",
+            )
+                .into_response();
+        }
+        s.script.pop_front().or_else(|| s.default.clone()).unwrap()
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    if (200..300).contains(&reply.status) {
+        state.lock().unwrap().accepted.push(rec);
+    }
+    let mut r = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    if let Some(ra) = reply.retry_after {
+        r.headers_mut().insert("retry-after", ra.parse().unwrap());
+    }
+    r
+}
+
+/// Polls `f` until it returns true or `deadline` passes; returns the last answer.
+pub async fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`wait_until`], for conditions that need to await (e.g. a status request).
+pub async fn wait_for<F, Fut>(deadline: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real daemon binary, run in a temp dir.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub tcp: SocketAddr,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    runs: usize,
+}
+
+/// A free loopback port (bound, then released for the daemon to take).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_oncall-agent")
+}
+
+impl Daemon {
+    /// Writes a config (`extra` is appended: integrations, limits, ...) and starts the daemon.
+    pub async fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let tcp = free_port();
+        let socket = dir.path().join("run/agent.sock");
+        let config_path = dir.path().join("agent.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[listen]\nunix = \"{}\"\ntcp = \"{tcp}\"\n{extra}\n",
+            dir.path().join("state").display(),
+            socket.display()
+        );
+        std::fs::write(&config_path, text).unwrap();
+        let mut d = Daemon {
+            dir,
+            config_path,
+            tcp,
+            socket,
+            child: None,
+            runs: 0,
+        };
+        d.spawn().await;
+        d
+    }
+
+    /// Rewrites the config file (for reload tests).
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "state_dir = \"{}\"\n[listen]\nunix = \"{}\"\ntcp = \"{}\"\n{extra}\n",
+            self.dir.path().join("state").display(),
+            self.socket.display(),
+            self.tcp
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn log_path(&self, run: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{run}.log"))
+    }
+
+    /// Everything the daemon printed, over all its runs.
+    pub fn logs(&self) -> String {
+        (0..self.runs)
+            .map(|r| std::fs::read_to_string(self.log_path(r)).unwrap_or_default())
+            .collect()
+    }
+
+    /// Starts the binary and waits until it answers /healthz.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
+        self.runs += 1;
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "oncall_agent=debug,info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = format!("http://{}/healthz", self.tcp);
+        let client = reqwest::Client::new();
+        let ready = {
+            let end = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(r) = client.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    break true;
+                }
+                if Instant::now() > end {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        assert!(ready, "daemon did not become ready:\n{}", self.logs());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal by name ("HUP", "TERM").
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// SIGTERM and wait for the exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                panic!("daemon did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.tcp)
+    }
+
+    /// POSTs an alert over TCP; returns (status, body).
+    pub async fn post(&self, integration: &str, body: &str) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/integrations/{integration}/alerts",
+                self.base()
+            ))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/v1/status", self.base()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Runs the CLI with this daemon's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An integration block for a config.
+pub fn integration(name: &str, url: &str) -> String {
+    format!("[[integration]]\nname = \"{name}\"\nurl = \"{url}\"\n")
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
