@@ -112,6 +112,9 @@ struct Pause {
     /// Without Retry-After: probe one request at a time until one gets through.
     probe: bool,
     reason: String,
+    /// When the 429 that started it came back: only a request sent after this can prove the
+    /// limit has lifted (one sent before may have been counted in an earlier window).
+    since: Millis,
 }
 
 #[derive(Debug)]
@@ -519,13 +522,13 @@ impl Dispatcher {
                 i.backoff_until = 0;
                 i.status.last_error = None;
                 if let Some(p) = &i.pause
-                    && (p.probe || p.until <= now)
+                    && d.sent_at >= p.since
                 {
                     tracing::info!(integration = %i.target.name, "The rate-limit pause is over: OnCall accepts alerts again.");
                     i.pause = None;
                 }
                 if let Some(p) = &self.org_pause
-                    && (p.probe || p.until <= now)
+                    && d.sent_at >= p.since
                 {
                     tracing::info!("The organization-wide rate-limit pause is over.");
                     self.org_pause = None;
@@ -593,6 +596,7 @@ impl Dispatcher {
                             until,
                             probe,
                             reason,
+                            since: now,
                         });
                     }
                 }
