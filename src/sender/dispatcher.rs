@@ -281,6 +281,9 @@ impl Dispatcher {
                     while let Ok(d) = self.done_rx.try_recv() {
                         self.finish(d)?;
                     }
+                    // One flush for all the acks just made: after a crash, only alerts whose
+                    // answer came in since are delivered twice.
+                    self.store.flush()?;
                 }
                 Some(c) = control.recv() => match c {
                     Control::Reload(cfg) => self.apply(cfg),
