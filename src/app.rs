@@ -38,6 +38,8 @@ pub enum AppError {
     Start(String),
     #[error("the sender stopped: {0}")]
     Sender(String),
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT (or `stop`, for tests and embedding).
@@ -60,6 +62,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
             max_bytes: config.queue.max_bytes,
             channel_capacity: config.queue.channel_capacity,
             batch_max: config.queue.batch_max,
+            min_free_space: config.queue.min_free_space,
         },
         clock,
     )
@@ -91,7 +94,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (control_tx, control_rx) = mpsc::channel(4);
-    let sender = tokio::spawn(dispatcher.run(control_rx, stop_rx.clone()));
+    let mut sender = tokio::spawn(dispatcher.run(control_rx, stop_rx.clone()));
+    let mut sender_done = None;
 
     let state = HttpState {
         ingest: ingest.clone(),
@@ -115,6 +119,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AppError::Start(format!("SIGTERM handler: {e}")))?;
     let mut stop = std::pin::pin!(stop);
+    let mut failure = None;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -131,6 +136,22 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { let _ = r; break }
             _ = &mut stop => break,
+            _ = store.fatal_notify.notified() => {
+                tracing::error!("Stopping so that the supervisor restarts the agent: {}. Every alert answered 202 is on disk.", store.fatal().unwrap_or_default());
+                failure = Some(AppError::Fatal(store.fatal().unwrap_or_default()));
+                break;
+            }
+            r = &mut sender => {
+                let why = match r {
+                    Ok(Ok(())) => "it ended".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!("The sender stopped ({why}); stopping so that the supervisor restarts the agent.");
+                failure = Some(AppError::Sender(why));
+                sender_done = Some(());
+                break;
+            }
         }
     }
 
@@ -148,16 +169,21 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     .await;
     // Every Ingest handle is gone once the servers are: the writer commits what it holds.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    match tokio::time::timeout(deadline, sender).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(AppError::Sender(e.to_string())),
-        Ok(Err(e)) => return Err(AppError::Sender(e.to_string())),
-        Err(_) => tracing::warn!(
-            "In-flight deliveries did not finish within shutdown_timeout; they stay queued and go out after the restart."
-        ),
+    if sender_done.is_none() {
+        match tokio::time::timeout(deadline, sender).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(AppError::Sender(e.to_string())),
+            Ok(Err(e)) => return Err(AppError::Sender(e.to_string())),
+            Err(_) => tracing::warn!(
+                "In-flight deliveries did not finish within shutdown_timeout; they stay queued and go out after the restart."
+            ),
+        }
     }
     if let Err(e) = store.sync() {
-        tracing::error!("The final sync of the queue failed: {e}");
+        tracing::error!("The final sync of the queue failed: {}", e.reason());
+    }
+    if let Some(f) = failure {
+        return Err(f);
     }
     tracing::info!("Stopped.");
     Ok(())

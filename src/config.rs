@@ -200,6 +200,7 @@ struct RawQueue {
     cache_capacity: Option<ByteSize>,
     channel_capacity: Option<usize>,
     batch_max: Option<usize>,
+    min_free_space: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +300,8 @@ pub struct QueueConfig {
     pub channel_capacity: usize,
     /// Most alerts the writer commits with one fsync. Default 1024.
     pub batch_max: usize,
+    /// Ingest answers 503 while the disk has less than this free. Default 32 MiB.
+    pub min_free_space: u64,
 }
 
 /// One OnCall integration.
@@ -508,6 +511,7 @@ impl Validator<'_> {
             cache_capacity: r.cache_capacity.map_or(32 * 1024 * 1024, |b| b.0),
             channel_capacity: r.channel_capacity.unwrap_or(8192),
             batch_max: r.batch_max.unwrap_or(1024),
+            min_free_space: r.min_free_space.map_or(32 * 1024 * 1024, |b| b.0),
         };
         if q.max_body == 0 || q.max_body > MAX_BODY_LIMIT {
             return Err(self.err(
@@ -523,6 +527,12 @@ impl Validator<'_> {
         }
         if q.channel_capacity == 0 {
             return Err(self.err("queue.channel_capacity", "must be at least 1"));
+        }
+        if q.min_free_space < 16 * 1024 * 1024 {
+            return Err(self.err(
+                "queue.min_free_space",
+                "must be at least 16MiB (sled grows its file by 8 MiB segments)",
+            ));
         }
         if q.batch_max == 0 {
             return Err(self.err("queue.batch_max", "must be at least 1"));

@@ -100,6 +100,13 @@ pub struct Store {
     total_bytes: AtomicU64,
     /// Woken after every commit that added alerts.
     pub committed: tokio::sync::Notify,
+    /// Set once sled reported an I/O error: sled then refuses every later write until the
+    /// database is reopened, so the daemon exits and its supervisor restarts it.
+    fatal: Mutex<Option<String>>,
+    /// Woken when `fatal` is set.
+    pub fatal_notify: tokio::sync::Notify,
+    /// The folder whose file system holds the database (for the free-space check).
+    dir: PathBuf,
 }
 
 fn alert_key(integration: &str, seq: u64) -> Vec<u8> {
@@ -129,6 +136,22 @@ fn prefix(integration: &str) -> Vec<u8> {
 }
 
 impl StoreError {
+    /// A short reason fit for an HTTP answer or a log line (sled's own Display shows Debug).
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) => format!("disk I/O error: {e}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether sled may have marked itself failed (it then refuses all later writes).
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Io(_)) | StoreError::Sync { .. }
+        )
+    }
+
     /// Whether the database itself is damaged (as opposed to, say, a permission problem, which
     /// moving it aside would not fix and would only hide).
     fn is_corruption(&self) -> bool {
@@ -210,6 +233,9 @@ impl Store {
             depth: Mutex::new(BTreeMap::new()),
             total_bytes: AtomicU64::new(0),
             committed: tokio::sync::Notify::new(),
+            fatal: Mutex::new(None),
+            fatal_notify: tokio::sync::Notify::new(),
+            dir: path.to_owned(),
         };
         store.rebuild_counters()?;
         Ok(store)
@@ -263,6 +289,33 @@ impl Store {
             self.move_to_dead(&name, seq, &dl, 0)?;
         }
         Ok(())
+    }
+
+    /// Bytes free for an unprivileged writer on the database's file system.
+    pub fn free_space(&self) -> std::io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // statvfs only writes into the struct we own.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Records an error after which sled cannot be trusted to write again.
+    pub fn set_fatal(&self, why: String) {
+        let mut f = self.fatal.lock().expect("fatal lock");
+        if f.is_none() {
+            *f = Some(why);
+            self.fatal_notify.notify_waiters();
+            self.fatal_notify.notify_one();
+        }
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal lock").clone()
     }
 
     /// Makes everything written so far survive power loss (see the module doc).

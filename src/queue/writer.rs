@@ -64,6 +64,9 @@ pub struct Ingest {
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
     pub max_bytes: u64,
+    /// Refuse alerts (503) while the disk has less than this free: sled cannot recover from
+    /// running out of space without a restart, so it must never get there.
+    pub min_free_space: u64,
     pub channel_capacity: usize,
     pub batch_max: usize,
 }
@@ -171,13 +174,45 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        commit_group(&store, &mut group, cfg.max_bytes, &clock);
+        commit_group(&store, &mut group, &cfg, &clock);
     }
     tracing::debug!("The queue writer stopped: every source is closed.");
 }
 
-fn commit_group(store: &Store, group: &mut Vec<WriteReq>, max_bytes: u64, clock: &Clock) {
+fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, clock: &Clock) {
+    let max_bytes = cfg.max_bytes;
     let now = clock.now();
+    if let Some(why) = store.fatal() {
+        refuse_all(
+            group,
+            IngestError::Disk(format!("{why}; the agent is restarting")),
+        );
+        return;
+    }
+    let incoming: u64 = group
+        .iter()
+        .flat_map(|r| &r.alerts)
+        .map(|a| a.payload.len() as u64 + 64)
+        .sum();
+    match store.free_space() {
+        Ok(free) if free < cfg.min_free_space.saturating_add(incoming) => {
+            let mib = |b: u64| b / (1024 * 1024);
+            tracing::warn!(
+                free_mib = mib(free),
+                "Refusing alerts: the disk holding the queue is nearly full."
+            );
+            refuse_all(
+                group,
+                IngestError::Disk(format!(
+                    "the disk holding the queue has only {} MiB free (queue.min_free_space is {} MiB)",
+                    mib(free),
+                    mib(cfg.min_free_space)
+                )),
+            );
+            return;
+        }
+        _ => {}
+    }
     let mut used = store.total_bytes();
     let mut rows = Vec::new();
     let mut meta = Vec::new();
@@ -238,5 +273,11 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, max_bytes: u64, clock:
     }
     if !rows.is_empty() {
         store.committed.notify_one();
+    }
+}
+
+fn refuse_all(group: &mut Vec<WriteReq>, e: IngestError) {
+    for req in group.drain(..) {
+        let _ = req.reply.send(Err(e.clone()));
     }
 }
