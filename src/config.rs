@@ -216,6 +216,7 @@ struct RawIntegration {
     url: Option<String>,
     url_file: Option<PathBuf>,
     rate_limit: Option<Rate>,
+    heartbeat: Option<HumanDuration>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,12 +316,27 @@ pub struct Integration {
     pub kind: Option<String>,
     /// Budget for this integration.
     pub rate: Rate,
+    /// Hit the integration's heartbeat URL this often (a dead-man's switch for the host).
+    pub heartbeat: Option<Duration>,
 }
 
 impl Integration {
     pub fn redacted_url(&self) -> String {
         redact_url(self.url.expose())
     }
+}
+
+/// `<integration URL>heartbeat/`, OnCall's heartbeat endpoint for an inbound URL.
+pub fn heartbeat_url(url: &reqwest::Url) -> reqwest::Url {
+    let mut u = url.clone();
+    let path = u.path().to_string();
+    let base = if path.ends_with('/') {
+        path
+    } else {
+        format!("{path}/")
+    };
+    u.set_path(&format!("{base}heartbeat/"));
+    u
 }
 
 impl Config {
@@ -439,11 +455,21 @@ impl Validator<'_> {
                 return Err(self.err(field("url"), "must be an http:// or https:// URL"));
             }
             let kind = integration_kind(&url);
+            let heartbeat = ri.heartbeat.map(|h| h.0);
+            if let Some(h) = heartbeat
+                && !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&h)
+            {
+                return Err(self.err(
+                    field("heartbeat"),
+                    "must be between 10s and 24h (OnCall's heartbeat timeout is 60s to 24h; hit it well within)",
+                ));
+            }
             integrations.push(Integration {
                 name: ri.name,
                 url: Secret::new(url),
                 kind,
                 rate: ri.rate_limit.unwrap_or(limits.integration),
+                heartbeat,
             });
         }
         if let Some(name) = &raw.self_alert_integration
@@ -764,6 +790,31 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         let big = format!("{MIN}\n[queue]\nmax_body = \"4MiB\"\n");
         let e = parse(&big).unwrap_err().to_string();
         assert!(e.contains("queue.max_body"), "{e}");
+    }
+
+    #[test]
+    fn heartbeat_url_is_below_the_integration_url() {
+        let u = reqwest::Url::parse("https://h/integrations/v1/webhook/T/").unwrap();
+        assert_eq!(
+            heartbeat_url(&u).as_str(),
+            "https://h/integrations/v1/webhook/T/heartbeat/"
+        );
+        let u = reqwest::Url::parse("https://h/integrations/v1/webhook/T").unwrap();
+        assert_eq!(
+            heartbeat_url(&u).as_str(),
+            "https://h/integrations/v1/webhook/T/heartbeat/"
+        );
+        let e = parse(&format!("{MIN}heartbeat = \"1s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("integration[0].heartbeat"), "{e}");
+        assert_eq!(
+            parse(&format!("{MIN}heartbeat = \"1m\"\n"))
+                .unwrap()
+                .integrations[0]
+                .heartbeat,
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct SenderStatus {
     pub delivered_total: u64,
     pub retried_total: u64,
     pub dead_lettered_total: u64,
+    /// Heartbeats OnCall accepted.
+    pub heartbeats_total: u64,
     pub in_flight: u64,
     /// The latest failure, in words (never holds the token).
     pub last_error: Option<String>,

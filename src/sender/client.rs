@@ -17,6 +17,12 @@ pub type DeliverFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// an in-process fake OnCall and run on tokio's paused clock.
 pub trait Transport: Send + Sync + 'static {
     fn deliver(&self, url: &Secret<reqwest::Url>, body: Vec<u8>) -> DeliverFuture;
+
+    /// One hit on a heartbeat URL. OnCall counts it against the integration's budget like an
+    /// alert; by default it is a POST with an empty body, which OnCall answers with 200.
+    fn heartbeat(&self, url: &Secret<reqwest::Url>) -> DeliverFuture {
+        self.deliver(url, Vec::new())
+    }
 }
 
 /// reqwest with rustls, HTTP(S)_PROXY / NO_PROXY from the environment.
@@ -43,6 +49,18 @@ impl Transport for HttpTransport {
             .post(url.expose().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
+        exchange(req)
+    }
+
+    /// OnCall answers a GET on the heartbeat URL with `":)"` and records the hit.
+    fn heartbeat(&self, url: &Secret<reqwest::Url>) -> DeliverFuture {
+        exchange(self.client.get(url.expose().clone()))
+    }
+}
+
+/// Sends a request and classifies the answer.
+fn exchange(req: reqwest::RequestBuilder) -> DeliverFuture {
+    {
         Box::pin(async move {
             let mut resp = match req.send().await {
                 Ok(r) => r,

@@ -61,6 +61,8 @@ pub struct Target {
     pub url: Secret<reqwest::Url>,
     pub redacted_url: String,
     pub rate: Rate,
+    /// Heartbeat interval and URL, if the integration has one.
+    pub heartbeat: Option<(Duration, Secret<reqwest::Url>)>,
 }
 
 /// The part of the config the dispatcher applies (at start and on reload).
@@ -84,6 +86,9 @@ impl SenderConfig {
                     url: i.url.clone(),
                     redacted_url: i.redacted_url(),
                     rate: i.rate,
+                    heartbeat: i
+                        .heartbeat
+                        .map(|h| (h, Secret::new(crate::config::heartbeat_url(i.url.expose())))),
                 })
                 .collect(),
         }
@@ -138,13 +143,24 @@ struct Integration {
     failures: u32,
     backoff_until: Millis,
     pause: Option<Pause>,
+    /// When the next heartbeat is due (0: at once).
+    next_heartbeat: Millis,
+    heartbeat_in_flight: bool,
     status: SenderStatus,
+}
+
+/// What a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    /// The queued alert with this sequence number.
+    Alert(u64),
+    Heartbeat,
 }
 
 /// A request on its way.
 struct Request {
     integration: String,
-    seq: u64,
+    carries: Carries,
     /// Its limiter slot id.
     slot: u64,
     sent_at: Millis,
@@ -349,16 +365,32 @@ impl Dispatcher {
         }
     }
 
-    /// The window index of the alert integration `idx` would send now, if any.
-    fn ready(&self, idx: usize, now: Millis) -> Option<usize> {
+    /// Whether integration `idx` may send now (ignoring budgets).
+    fn open(&self, idx: usize, now: Millis) -> bool {
         let i = &self.integrations[idx];
-        if !i.configured || i.in_flight >= self.delivery.concurrency || i.backoff_until > now {
-            return None;
+        if !i.configured {
+            return false;
         }
         match &i.pause {
-            Some(p) if p.until > now => return None,
-            Some(p) if p.probe && i.in_flight > 0 => return None,
-            _ => {}
+            Some(p) if p.until > now => false,
+            Some(p) if p.probe => i.in_flight == 0 && !i.heartbeat_in_flight,
+            _ => true,
+        }
+    }
+
+    /// What integration `idx` would send now, if anything: a due heartbeat first (a backlog
+    /// must not make OnCall think the host died), else the oldest due alert whose grouping
+    /// key has nothing in flight.
+    fn ready(&self, idx: usize, now: Millis) -> Option<(Carries, Option<usize>)> {
+        if !self.open(idx, now) {
+            return None;
+        }
+        let i = &self.integrations[idx];
+        if i.target.heartbeat.is_some() && !i.heartbeat_in_flight && i.next_heartbeat <= now {
+            return Some((Carries::Heartbeat, None));
+        }
+        if i.in_flight >= self.delivery.concurrency || i.backoff_until > now {
+            return None;
         }
         let mut blocked: HashSet<u64> = HashSet::new();
         for (n, e) in i.window.iter().enumerate() {
@@ -367,15 +399,35 @@ impl Dispatcher {
                 continue;
             }
             if !e.in_flight && e.env.next_attempt_at <= now {
-                return Some(n);
+                return Some((Carries::Alert(e.seq), Some(n)));
             }
         }
         None
     }
 
+    /// Heartbeats fall due while OnCall has the integration paused: skipped, with a log line,
+    /// since a heartbeat would only spend a probe's place.
+    fn skip_paused_heartbeats(&mut self, now: Millis) {
+        let org_paused = self.org_pause.is_some();
+        for i in &mut self.integrations {
+            let Some((every, _)) = &i.target.heartbeat else {
+                continue;
+            };
+            if i.configured
+                && !i.heartbeat_in_flight
+                && i.next_heartbeat <= now
+                && (i.pause.is_some() || org_paused)
+            {
+                tracing::info!(integration = %i.target.name, "Heartbeat skipped: OnCall has this integration paused on a 429.");
+                i.next_heartbeat = now + ms(*every);
+            }
+        }
+    }
+
     /// Starts every request that may start now.
     fn launch(&mut self, now: Millis) -> Result<(), DispatchError> {
         self.limiters.prune(now)?;
+        self.skip_paused_heartbeats(now);
         let mut out = Vec::new();
         let n = self.integrations.len();
         loop {
@@ -385,30 +437,30 @@ impl Dispatcher {
             let mut picked = None;
             for k in 0..n {
                 let idx = (self.rr + k) % n;
-                let Some(pos) = self.ready(idx, now) else {
+                let Some((carries, pos)) = self.ready(idx, now) else {
                     continue;
                 };
                 let scopes = Self::scopes(&self.integrations[idx].target.name);
                 if self.limiters.next_free(&scopes, now) > now {
                     continue;
                 }
-                picked = Some((idx, pos, scopes));
+                picked = Some((idx, carries, pos, scopes));
                 break;
             }
-            let Some((idx, pos, scopes)) = picked else {
+            let Some((idx, carries, pos, scopes)) = picked else {
                 break;
             };
             self.rr = (idx + 1) % n;
             // Until answered, the server may count it up to the timeout.
             let until = now + ms(self.delivery.timeout);
             let slot = self.limiters.take(&scopes, now, until)?;
+            let probe_interval = ms(self.delivery.probe_interval);
             let probe_org = self.org_pause.as_ref().is_some_and(|p| p.probe);
             if let Some(p) = &mut self.org_pause
                 && p.probe
             {
-                p.until = now + ms(self.delivery.probe_interval);
+                p.until = now + probe_interval;
             }
-            let probe_interval = ms(self.delivery.probe_interval);
             let i = &mut self.integrations[idx];
             let probe_int = i.pause.as_ref().is_some_and(|p| p.probe);
             if let Some(p) = &mut i.pause
@@ -416,13 +468,17 @@ impl Dispatcher {
             {
                 p.until = now + probe_interval;
             }
-            let e = &mut i.window[pos];
-            e.in_flight = true;
-            i.in_flight += 1;
+            match pos {
+                Some(pos) => {
+                    i.window[pos].in_flight = true;
+                    i.in_flight += 1;
+                }
+                None => i.heartbeat_in_flight = true,
+            }
             self.in_flight += 1;
             out.push(Request {
                 integration: i.target.name.clone(),
-                seq: e.seq,
+                carries,
                 slot,
                 sent_at: now,
                 probe_scopes: (probe_int, probe_org),
@@ -439,13 +495,21 @@ impl Dispatcher {
                 .iter()
                 .find(|i| i.target.name == req.integration)
                 .expect("integration of a request just picked");
-            let payload = i
-                .window
-                .iter()
-                .find(|e| e.seq == req.seq)
-                .map(|e| e.env.payload.clone())
-                .expect("entry of a request just picked");
-            let fut = self.transport.deliver(&i.target.url, payload);
+            let fut = match req.carries {
+                Carries::Alert(seq) => {
+                    let payload = i
+                        .window
+                        .iter()
+                        .find(|e| e.seq == seq)
+                        .map(|e| e.env.payload.clone())
+                        .expect("entry of a request just picked");
+                    self.transport.deliver(&i.target.url, payload)
+                }
+                Carries::Heartbeat => {
+                    let (_, url) = i.target.heartbeat.as_ref().expect("heartbeat just picked");
+                    self.transport.heartbeat(url)
+                }
+            };
             let tx = self.done_tx.clone();
             tokio::spawn(async move {
                 let outcome = fut.await;
@@ -501,10 +565,121 @@ impl Dispatcher {
         else {
             return Ok(());
         };
-        let retry_after_attempts = {
+        if let Outcome::Delivered = outcome {
+            self.pause_lifted(idx, &d);
+        }
+        if let Outcome::RateLimited { scope, retry_after } = outcome {
+            self.rate_limited(idx, &d, scope, retry_after, now);
+        }
+        match d.carries {
+            Carries::Heartbeat => self.heartbeat_done(idx, &d, &outcome),
+            Carries::Alert(seq) => self.alert_done(idx, seq, &d, outcome, now)?,
+        }
+        Ok(())
+    }
+
+    /// A success ends a pause, if its request left after the pause began.
+    fn pause_lifted(&mut self, idx: usize, d: &Request) {
+        let i = &mut self.integrations[idx];
+        if let Some(p) = &i.pause
+            && d.sent_at >= p.since
+        {
+            tracing::info!(integration = %i.target.name, "The rate-limit pause is over: OnCall accepts alerts again.");
+            i.pause = None;
+        }
+        if let Some(p) = &self.org_pause
+            && d.sent_at >= p.since
+        {
+            tracing::info!("The organization-wide rate-limit pause is over.");
+            self.org_pause = None;
+        }
+    }
+
+    /// A 429: pause the scope it names. Logged once per pause, not per request.
+    fn rate_limited(
+        &mut self,
+        idx: usize,
+        d: &Request,
+        scope: LimitScope,
+        retry_after: Option<Duration>,
+        now: Millis,
+    ) {
+        let probe_interval = ms(self.delivery.probe_interval);
+        let (until, probe, reason) = match retry_after {
+            Some(ra) => (
+                now + ms(ra),
+                false,
+                format!("429 with Retry-After {}s", ra.as_secs()),
+            ),
+            // Probe a fixed interval after the request that was refused was sent.
+            None => (
+                (d.sent_at + probe_interval).max(now),
+                true,
+                "429 without Retry-After; probing".to_string(),
+            ),
+        };
+        let i = &mut self.integrations[idx];
+        let pause = match scope {
+            LimitScope::Integration => {
+                i.status.budget.rate_limited_total += 1;
+                &mut i.pause
+            }
+            LimitScope::Org => {
+                self.org_429 += 1;
+                &mut self.org_pause
+            }
+        };
+        match pause {
+            Some(p) => {
+                // Already paused: only the probe's answer (or a Retry-After) moves it.
+                if d.probe_scopes.0 || d.probe_scopes.1 || !probe {
+                    p.until = p.until.max(until);
+                    p.probe = probe;
+                }
+            }
+            None => {
+                tracing::warn!(integration = %i.target.name, scope = scope.as_str(), "OnCall answered 429 (its {} rate limit). Pausing {}: {reason}. Alerts stay queued in order.", scope.as_str(), if scope == LimitScope::Org { "every integration" } else { "this integration" });
+                *pause = Some(Pause {
+                    until,
+                    probe,
+                    reason,
+                    since: now,
+                });
+            }
+        }
+    }
+
+    fn heartbeat_done(&mut self, idx: usize, d: &Request, outcome: &Outcome) {
+        let i = &mut self.integrations[idx];
+        i.heartbeat_in_flight = false;
+        let Some((every, _)) = &i.target.heartbeat else {
+            return;
+        };
+        i.next_heartbeat = d.sent_at + ms(*every);
+        match outcome {
+            Outcome::Delivered => i.status.heartbeats_total += 1,
+            Outcome::Retry { reason, .. } => {
+                tracing::warn!(integration = %i.target.name, "A heartbeat failed ({reason}); the next one is due as usual.");
+            }
+            Outcome::Rejected { status, .. } => {
+                tracing::error!(integration = %i.target.name, url = %i.target.redacted_url, status, "OnCall refused a heartbeat: is the heartbeat set up for this integration, and its token valid?");
+            }
+            Outcome::RateLimited { .. } => {}
+        }
+    }
+
+    fn alert_done(
+        &mut self,
+        idx: usize,
+        seq: u64,
+        d: &Request,
+        outcome: Outcome,
+        now: Millis,
+    ) -> Result<(), DispatchError> {
+        let attempts = {
             let i = &mut self.integrations[idx];
             i.in_flight -= 1;
-            let Some(pos) = i.window.iter().position(|e| e.seq == d.seq) else {
+            let Some(pos) = i.window.iter().position(|e| e.seq == seq) else {
                 return Ok(());
             };
             i.window[pos].in_flight = false;
@@ -513,7 +688,7 @@ impl Dispatcher {
         match outcome {
             Outcome::Delivered => {
                 let i = &mut self.integrations[idx];
-                let pos = i.window.iter().position(|e| e.seq == d.seq).expect("entry");
+                let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
                 let e = i.window.remove(pos).expect("entry");
                 self.store.ack(&i.target.name, &[(e.seq, e.bytes)])?;
                 i.status.delivered_total += 1;
@@ -524,25 +699,11 @@ impl Dispatcher {
                 i.failures = 0;
                 i.backoff_until = 0;
                 i.status.last_error = None;
-                if let Some(p) = &i.pause
-                    && d.sent_at >= p.since
-                {
-                    tracing::info!(integration = %i.target.name, "The rate-limit pause is over: OnCall accepts alerts again.");
-                    i.pause = None;
-                }
-                if let Some(p) = &self.org_pause
-                    && d.sent_at >= p.since
-                {
-                    tracing::info!("The organization-wide rate-limit pause is over.");
-                    self.org_pause = None;
-                }
             }
             Outcome::Retry { reason, after, .. } => {
                 let step = self.integrations[idx].failures + 1;
                 let int_delay = self.backoff(step).max(after.unwrap_or_default());
-                let own_delay = self
-                    .backoff(retry_after_attempts)
-                    .max(after.unwrap_or_default());
+                let own_delay = self.backoff(attempts).max(after.unwrap_or_default());
                 let i = &mut self.integrations[idx];
                 if i.failures == 0 {
                     tracing::warn!(integration = %i.target.name, url = %i.target.redacted_url, "Delivery failed: {reason}. Retrying with backoff; the alert stays queued.");
@@ -553,67 +714,24 @@ impl Dispatcher {
                 i.backoff_until = now + ms(int_delay);
                 i.status.retried_total += 1;
                 i.status.last_error = Some(reason);
-                let pos = i.window.iter().position(|e| e.seq == d.seq).expect("entry");
+                let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
                 let e = &mut i.window[pos];
-                e.env.attempts = retry_after_attempts;
+                e.env.attempts = attempts;
                 e.env.next_attempt_at = now + ms(own_delay);
                 self.store.update(&i.target.name, e.seq, &e.env)?;
             }
-            Outcome::RateLimited { scope, retry_after } => {
-                let probe_interval = ms(self.delivery.probe_interval);
-                let (until, probe, reason) = match retry_after {
-                    Some(ra) => (
-                        now + ms(ra),
-                        false,
-                        format!("429 with Retry-After {}s", ra.as_secs()),
-                    ),
-                    // Probe a fixed interval after the request that was refused was sent.
-                    None => (
-                        (d.sent_at + probe_interval).max(now),
-                        true,
-                        "429 without Retry-After; probing".to_string(),
-                    ),
-                };
-                let i = &mut self.integrations[idx];
-                let pause = match scope {
-                    LimitScope::Integration => {
-                        i.status.budget.rate_limited_total += 1;
-                        &mut i.pause
-                    }
-                    LimitScope::Org => {
-                        self.org_429 += 1;
-                        &mut self.org_pause
-                    }
-                };
-                match pause {
-                    Some(p) => {
-                        // Already paused: only the probe's answer moves the next probe.
-                        if d.probe_scopes.0 || d.probe_scopes.1 || !probe {
-                            p.until = p.until.max(until);
-                            p.probe = probe;
-                        }
-                    }
-                    None => {
-                        tracing::warn!(integration = %i.target.name, scope = scope.as_str(), "OnCall answered 429 (its {} rate limit). Pausing {}: {reason}. Alerts stay queued in order.", scope.as_str(), if scope == LimitScope::Org { "every integration" } else { "this integration" });
-                        *pause = Some(Pause {
-                            until,
-                            probe,
-                            reason,
-                            since: now,
-                        });
-                    }
-                }
-            }
+            // The alert stays at the head of its key; the pause was set above.
+            Outcome::RateLimited { .. } => {}
             Outcome::Rejected { status, body } => {
                 let i = &mut self.integrations[idx];
-                let pos = i.window.iter().position(|e| e.seq == d.seq).expect("entry");
+                let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
                 let e = i.window.remove(pos).expect("entry");
                 let dl = DeadLetter {
                     id: e.seq,
                     integration: i.target.name.clone(),
                     received_at: e.env.received_at,
                     failed_at: now,
-                    attempts: e.env.attempts + 1,
+                    attempts,
                     status,
                     reason: format!("OnCall refused the alert with {status}"),
                     response: body,
@@ -643,22 +761,29 @@ impl Dispatcher {
             None => 0,
         };
         for i in &self.integrations {
-            if !i.configured || i.in_flight >= self.delivery.concurrency {
+            if !i.configured {
                 continue;
             }
-            if matches!(&i.pause, Some(p) if p.probe && i.in_flight > 0) {
+            if matches!(&i.pause, Some(p) if p.probe && (i.in_flight > 0 || i.heartbeat_in_flight))
+            {
                 continue;
             }
-            let Some(head) = self.earliest_head(i) else {
-                continue;
-            };
             let scopes = Self::scopes(&i.target.name);
-            let t = head
-                .max(i.backoff_until)
-                .max(i.pause.as_ref().map_or(0, |p| p.until))
+            let gate = i
+                .pause
+                .as_ref()
+                .map_or(0, |p| p.until)
                 .max(org_gate)
                 .max(self.limiters.next_free(&scopes, now));
-            consider(t);
+            if i.target.heartbeat.is_some() && !i.heartbeat_in_flight {
+                consider(i.next_heartbeat.max(gate));
+            }
+            if i.in_flight >= self.delivery.concurrency {
+                continue;
+            }
+            if let Some(head) = self.earliest_head(i) {
+                consider(head.max(i.backoff_until).max(gate));
+            }
         }
         wake
     }
@@ -737,6 +862,8 @@ impl Integration {
             failures: 0,
             backoff_until: 0,
             pause: None,
+            next_heartbeat: 0,
+            heartbeat_in_flight: false,
             status,
         }
     }
@@ -751,6 +878,7 @@ impl Integration {
                 count: 1,
                 per: Duration::from_secs(1),
             },
+            heartbeat: None,
         });
         i.configured = false;
         i.status.configured = false;

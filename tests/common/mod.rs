@@ -64,6 +64,8 @@ struct FakeState {
     accepted: Vec<Received>,
     /// Every request that arrived, whatever it was answered.
     all: Vec<Received>,
+    /// Heartbeat hits per token.
+    heartbeats: BTreeMap<String, usize>,
 }
 
 /// A fake OnCall integration endpoint on 127.0.0.1.
@@ -83,6 +85,10 @@ impl FakeOnCall {
         }));
         let app = Router::new()
             .route("/integrations/v1/{kind}/{token}/", post(alert))
+            .route(
+                "/integrations/v1/{kind}/{token}/heartbeat/",
+                axum::routing::get(heartbeat).post(heartbeat),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -113,6 +119,17 @@ impl FakeOnCall {
         self.state.lock().unwrap().all.clone()
     }
 
+    /// Heartbeat hits for `token`.
+    pub fn heartbeats(&self, token: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .heartbeats
+            .get(token)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Accepted alerts' bodies per token.
     pub fn accepted_by_token(&self) -> BTreeMap<String, Vec<serde_json::Value>> {
         let mut m: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -121,6 +138,22 @@ impl FakeOnCall {
         }
         m
     }
+}
+
+async fn heartbeat(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    UrlPath((_kind, token)): UrlPath<(String, String)>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if !s.tokens.contains(&token) {
+        return (
+            StatusCode::FORBIDDEN,
+            "\"Integration key was not found. Permission denied.\"",
+        )
+            .into_response();
+    }
+    *s.heartbeats.entry(token).or_default() += 1;
+    ":)".into_response()
 }
 
 async fn alert(
