@@ -191,6 +191,9 @@ pub struct Dispatcher {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     board: SharedBoard,
+    /// Delivered alerts not yet removed from sled: (integration, seq, bytes). Removed in one
+    /// batch per round of answers.
+    acks: Vec<(String, u64, u64)>,
 }
 
 impl Dispatcher {
@@ -221,6 +224,7 @@ impl Dispatcher {
             done_tx,
             done_rx,
             board,
+            acks: Vec::new(),
         };
         d.apply(cfg);
         // Queues of integrations that are no longer configured are reported, not dropped.
@@ -297,9 +301,7 @@ impl Dispatcher {
                     while let Ok(d) = self.done_rx.try_recv() {
                         self.finish(d)?;
                     }
-                    // One flush for all the acks just made: after a crash, only alerts whose
-                    // answer came in since are delivered twice.
-                    self.store.flush()?;
+                    self.flush_acks()?;
                 }
                 Some(c) = control.recv() => match c {
                     Control::Reload(cfg) => self.apply(cfg),
@@ -316,7 +318,25 @@ impl Dispatcher {
                 _ => break,
             }
         }
+        self.flush_acks()?;
         self.publish(self.clock.now());
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Removes delivered alerts from sled in one batch per integration and flushes once: after
+    /// a crash, only alerts whose answer came in since the last flush are delivered twice.
+    fn flush_acks(&mut self) -> Result<(), DispatchError> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        self.acks.sort();
+        for group in self.acks.chunk_by(|a, b| a.0 == b.0) {
+            let seqs: Vec<(u64, u64)> =
+                group.iter().map(|(_, seq, bytes)| (*seq, *bytes)).collect();
+            self.store.ack(&group[0].0, &seqs)?;
+        }
+        self.acks.clear();
         self.store.flush()?;
         Ok(())
     }
@@ -690,7 +710,7 @@ impl Dispatcher {
                 let i = &mut self.integrations[idx];
                 let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
                 let e = i.window.remove(pos).expect("entry");
-                self.store.ack(&i.target.name, &[(e.seq, e.bytes)])?;
+                self.acks.push((i.target.name.clone(), e.seq, e.bytes));
                 i.status.delivered_total += 1;
                 observe_latency(&mut i.status, now.saturating_sub(d.sent_at));
                 if i.failures > 0 {
