@@ -509,6 +509,7 @@ impl Dispatcher {
         }
         // The slots must be on disk before the requests leave: a crash must not forget a send.
         self.store.flush()?;
+        // Each request was picked from these structures just above, with no await between.
         for req in out {
             let i = self
                 .integrations
@@ -696,6 +697,8 @@ impl Dispatcher {
         outcome: Outcome,
         now: Millis,
     ) -> Result<(), DispatchError> {
+        // The entry is found here or we return: nothing else removes it before the match below,
+        // so the `expect("entry")`s there cannot fire.
         let attempts = {
             let i = &mut self.integrations[idx];
             i.in_flight -= 1;
