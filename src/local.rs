@@ -62,25 +62,21 @@ async fn request_inner(
     let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| LocalError::Protocol(e.to_string()))?;
+    let unreachable = |at: &str, e: std::io::Error| LocalError::Unreachable {
+        at: at.to_string(),
+        reason: e.to_string(),
+    };
     if let Some(path) = &config.listen.unix {
         let at = path.display().to_string();
-        let stream =
-            tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(|e| LocalError::Unreachable {
-                    at: at.clone(),
-                    reason: e.to_string(),
-                })?;
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| unreachable(&at, e))?;
         exchange(stream, req, at).await
     } else if let Some(addr) = config.listen.tcp {
         let at = addr.to_string();
-        let stream =
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| LocalError::Unreachable {
-                    at: at.clone(),
-                    reason: e.to_string(),
-                })?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| unreachable(&at, e))?;
         exchange(stream, req, at).await
     } else {
         Err(LocalError::Unreachable {

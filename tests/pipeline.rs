@@ -9,6 +9,15 @@ use common::*;
 
 const FAST: &str = "[delivery]\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\nprobe_interval = \"1s\"\ntimeout = \"2s\"\n";
 
+/// The daemon with fast retries and one integration "a" (token "T") at `oncall`.
+async fn start_fast(oncall: &FakeOnCall) -> Daemon {
+    Daemon::start(&format!(
+        "{FAST}{}",
+        integration("a", &oncall.url("formatted_webhook", "T"))
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_reaches_oncall_verbatim_through_unix_socket_tcp_alias_and_cli() {
     let oncall = FakeOnCall::start(&["TOKEN1"]).await;
@@ -130,11 +139,7 @@ async fn retries_keep_order_per_key_and_refusals_become_dead_letters() {
     let oncall = FakeOnCall::start(&["T"]).await;
     // The first answers fail: 503, a 500, then everything succeeds.
     oncall.script([Reply::status(503, "busy"), Reply::status(500, "oops")]);
-    let d = Daemon::start(&format!(
-        "{FAST}{}",
-        integration("a", &oncall.url("formatted_webhook", "T"))
-    ))
-    .await;
+    let d = start_fast(&oncall).await;
     for n in 0..20 {
         let state = if n % 2 == 0 { "alerting" } else { "ok" };
         let (s, _) = d
@@ -182,11 +187,7 @@ async fn alerts_answered_202_survive_kill_9_and_are_delivered_after_restart() {
     let oncall = FakeOnCall::start(&["T"]).await;
     // OnCall is down while the alerts come in: they must wait on disk.
     oncall.set_default(Reply::status(503, "down"));
-    let mut d = Daemon::start(&format!(
-        "{FAST}{}",
-        integration("a", &oncall.url("formatted_webhook", "T"))
-    ))
-    .await;
+    let mut d = start_fast(&oncall).await;
     // The largest accepted body (1 MiB by default) must survive too.
     let big = format!(
         "{{\"title\":\"big\",\"pad\":\"{}\"}}",
@@ -258,11 +259,7 @@ async fn corrupt_database_is_moved_aside_and_reported_by_a_self_alert() {
 async fn sigterm_exits_zero_and_keeps_what_is_queued() {
     let oncall = FakeOnCall::start(&["T"]).await;
     oncall.set_default(Reply::status(503, "down"));
-    let mut d = Daemon::start(&format!(
-        "{FAST}{}",
-        integration("a", &oncall.url("formatted_webhook", "T"))
-    ))
-    .await;
+    let mut d = start_fast(&oncall).await;
     for n in 0..5 {
         assert_eq!(d.post("a", &format!(r#"{{"n":{n}}}"#)).await.0, 202);
     }

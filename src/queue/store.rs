@@ -76,6 +76,28 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
+impl DeadLetter {
+    /// A queue record that cannot be decoded: kept raw, never dropped.
+    fn unreadable(integration: &str, seq: u64, why: &str, raw: &[u8]) -> DeadLetter {
+        tracing::error!(
+            integration,
+            seq,
+            "A queued record cannot be read ({why}); it moves to the dead letters."
+        );
+        DeadLetter {
+            id: seq,
+            integration: integration.to_string(),
+            received_at: 0,
+            failed_at: 0,
+            attempts: 0,
+            status: 0,
+            reason: format!("unreadable queue record: {why}"),
+            response: String::new(),
+            payload: String::from_utf8_lossy(raw).into_owned(),
+        }
+    }
+}
+
 /// What was found and done when the database would not open.
 #[derive(Debug, Clone)]
 pub struct Quarantined {
@@ -274,19 +296,12 @@ impl Store {
         *self.depth.lock().expect("depth lock") = depth;
         self.total_bytes.store(total, Ordering::SeqCst);
         for (name, seq, why, raw) in unreadable {
-            tracing::error!(integration = %name, seq, "A queued record cannot be read ({why}); it moves to the dead letters.");
-            let dl = DeadLetter {
-                id: seq,
-                integration: name.clone(),
-                received_at: 0,
-                failed_at: 0,
-                attempts: 0,
-                status: 0,
-                reason: format!("unreadable queue record: {why}"),
-                response: String::new(),
-                payload: String::from_utf8_lossy(&raw).into_owned(),
-            };
-            self.move_to_dead(&name, seq, &dl, 0)?;
+            self.move_to_dead(
+                &name,
+                seq,
+                &DeadLetter::unreadable(&name, seq, &why, &raw),
+                0,
+            )?;
         }
         Ok(())
     }
@@ -416,17 +431,7 @@ impl Store {
             match Envelope::decode(&v) {
                 Ok(e) => out.push((seq, e)),
                 Err(e) => {
-                    let dl = DeadLetter {
-                        id: seq,
-                        integration: integration.to_string(),
-                        received_at: 0,
-                        failed_at: 0,
-                        attempts: 0,
-                        status: 0,
-                        reason: format!("unreadable queue record: {e}"),
-                        response: String::new(),
-                        payload: String::from_utf8_lossy(&v).into_owned(),
-                    };
+                    let dl = DeadLetter::unreadable(integration, seq, &e.to_string(), &v);
                     self.move_to_dead(integration, seq, &dl, v.len() as u64)?;
                 }
             }
