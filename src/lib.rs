@@ -21,7 +21,11 @@
 //! - [`config`] turns TOML into validated types once; [`app`] wires it together and owns
 //!   signals, readiness and shutdown; [`cli`] is the command line; [`status`] and [`metrics`]
 //!   report; [`redact`] keeps tokens out of everything printed.
+//! - [`api`] is the OnCall HTTP API (not on an alert's path): `integrations`, `check-config
+//!   --online`, and integrations configured by `id`/`api_name`, resolved by [`app`] before the
+//!   sender starts and kept in sled for when the API is down.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod clock;
