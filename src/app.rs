@@ -112,6 +112,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
         integrations = config.integrations.len(),
+        unresolved = config.unresolved.len(),
         "oncall-agent {} is ready.",
         env!("CARGO_PKG_VERSION")
     );

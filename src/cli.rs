@@ -437,7 +437,7 @@ pub async fn check_config_online(config_path: &std::path::Path) -> Result<(), Cl
                 "api {}: ok, {} is accepted{}",
                 c.base(),
                 c.credential(),
-                count.map_or(String::new(), |n| format!(" ({n} integrations)"))
+                count.map_or(String::new(), |n| format!(" ({n} integrations visible)"))
             ),
             Err(e) => {
                 if e.is_refused() {

@@ -1132,6 +1132,133 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         );
     }
 
+    const API: &str = "[api]\nurl = \"https://oncall.example.com/oncall\"\ntoken = \"TOKEN\"\n";
+
+    #[test]
+    fn api_section_gets_documented_defaults() {
+        let c = parse(&format!("{MIN}{API}")).unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.rate.to_string(), "300/5m");
+        assert!(api.grafana_url.is_none());
+        assert_eq!(
+            api.base().as_str(),
+            "https://oncall.example.com/oncall/api/v1/"
+        );
+        // The API's own URL means the same endpoint.
+        let c = parse(&format!(
+            "{MIN}{}",
+            API.replace("/oncall\"", "/oncall/api/v1/\"")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.api.unwrap().base().as_str(),
+            "https://oncall.example.com/oncall/api/v1/"
+        );
+        // Neither token nor token_file: ONCALL_API_TOKEN, read only when needed.
+        let c = parse(&format!("{MIN}[api]\nurl = \"https://h/oncall\"\n")).unwrap();
+        assert!(matches!(c.api.unwrap().token, ApiToken::Env));
+    }
+
+    #[test]
+    fn api_section_refusals_name_the_field() {
+        let both = format!("{MIN}{API}token_file = \"/x\"\n");
+        assert!(parse(&both).unwrap_err().to_string().contains("api.token"));
+        let creds = format!("{MIN}[api]\nurl = \"https://user:pw@h/oncall\"\n");
+        assert!(parse(&creds).unwrap_err().to_string().contains("api.url"));
+        let gu = format!("{MIN}{API}grafana_url = \"mystack\"\n");
+        assert!(
+            parse(&gu)
+                .unwrap_err()
+                .to_string()
+                .contains("api.grafana_url")
+        );
+        let bogus = format!("{MIN}{API}bearer = true\n");
+        assert!(parse(&bogus).unwrap_err().to_string().contains("bearer"));
+    }
+
+    #[test]
+    fn integration_by_id_or_api_name_needs_the_api_and_no_url() {
+        let by_id = "[[integration]]\nname = \"b\"\nid = \"CFRPV98RPR1U8\"\n";
+        let e = parse(&format!("{MIN}{by_id}")).unwrap_err().to_string();
+        assert!(
+            e.contains("integration[1].id") && e.contains("[api]"),
+            "{e}"
+        );
+        let c = parse(&format!("{MIN}{API}{by_id}")).unwrap();
+        assert_eq!(c.integrations.len(), 1);
+        assert_eq!(c.unresolved[0].by, ApiRef::Id("CFRPV98RPR1U8".into()));
+        assert_eq!(c.unresolved[0].position, 1);
+        assert_eq!(c.integration_names(), ["db-prod", "b"]);
+        let e = parse(&format!(
+            "{MIN}{API}{by_id}url = \"https://h/integrations/v1/webhook/T/\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = parse(&format!("{MIN}{API}{by_id}api_name = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
+        // An id becomes a path segment: nothing but letters and digits.
+        let e = parse(&format!(
+            "{MIN}{API}{}",
+            by_id.replace("CFRPV98RPR1U8", "../x")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("integration[1].id"), "{e}");
+        let by_name = format!(
+            "{MIN}{API}[[integration]]\nname = \"n\"\napi_name = \"DB prod\"\nheartbeat = \"1m\"\n"
+        );
+        let c = parse(&by_name).unwrap();
+        assert_eq!(c.unresolved[0].by, ApiRef::Name("DB prod".into()));
+        assert_eq!(c.unresolved[0].heartbeat, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn resolving_keeps_the_files_order_and_derives_the_kind() {
+        let text = format!(
+            "{MIN}{API}[[integration]]\nname = \"b\"\nid = \"B1\"\n[[integration]]\nname = \"c\"\nid = \"C1\"\n[[integration]]\nname = \"d\"\nurl = \"https://h/integrations/v1/webhook/D/\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let url = |t: &str| {
+            Secret::new(
+                reqwest::Url::parse(&format!("https://h/integrations/v1/alertmanager/{t}/"))
+                    .unwrap(),
+            )
+        };
+        // c first, then b: each lands at its place in the file.
+        let c = c.with_resolved(&BTreeMap::from([("c".to_string(), url("C"))]));
+        let names: Vec<&str> = c.integrations.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["db-prod", "c", "d"]);
+        let c = c.with_resolved(&BTreeMap::from([("b".to_string(), url("B"))]));
+        let names: Vec<&str> = c.integrations.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["db-prod", "b", "c", "d"]);
+        assert!(c.unresolved.is_empty());
+        assert_eq!(c.integrations[1].kind.as_deref(), Some("alertmanager"));
+        assert_eq!(c.integrations[1].rate, c.limits.integration);
+    }
+
+    #[test]
+    fn api_token_is_read_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "  SECRET-T  \n").unwrap();
+        let t = ApiToken::File(f.clone()).load().unwrap();
+        assert_eq!(t.expose(), "SECRET-T");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(matches!(
+            ApiToken::File(f.clone()).load(),
+            Err(TokenError::Empty(_))
+        ));
+        let e = ApiToken::Inline(Secret::new("A\u{7}B".into()))
+            .load()
+            .unwrap_err();
+        assert!(matches!(e, TokenError::Malformed(_)));
+        assert!(!e.to_string().contains("A\u{7}B"));
+        assert!(!ApiToken::File(f).describe().contains("SECRET"));
+    }
+
     #[test]
     fn shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");

@@ -313,7 +313,7 @@ impl Policy {
     pub fn daemon(timeout: Duration) -> Policy {
         Policy {
             timeout,
-            attempts: 3,
+            attempts: 2,
             max_wait: Duration::from_secs(30),
             backoff: Duration::from_secs(1),
             default_retry_after: Duration::from_secs(30),
