@@ -1264,5 +1264,10 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
         let c = Config::load(&path).unwrap();
         assert!(!c.integrations.is_empty());
+        // It documents the API and an integration by id.
+        let api = c.api.as_ref().unwrap();
+        assert!(matches!(api.token, ApiToken::File(_)));
+        assert_eq!(api.rate.to_string(), "300/5m");
+        assert_eq!(c.unresolved[0].by, ApiRef::Id("CFRPV98RPR1U8".into()));
     }
 }
