@@ -82,6 +82,8 @@ impl HttpApi {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("oncall-agent/", env!("CARGO_PKG_VERSION")))
+            // The token goes to the configured URL only; a redirect is an answer to report.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| TransportError::Other(describe_reqwest(e)))?;
         Ok(HttpApi { client })
@@ -451,7 +453,7 @@ impl ApiClient {
         let mut seen = HashSet::new();
         let mut all = Vec::new();
         for _ in 0..MAX_PAGES {
-            let body = self.get(&url, "integration listing").await?;
+            let body = self.get_listing(&url).await?;
             let page = model::parse_integrations_page(&body).map_err(|e| self.protocol(e))?;
             all.extend(page.results);
             let Some(next) = page.next else {
@@ -472,10 +474,7 @@ impl ApiClient {
     pub async fn integration(&self, id: &str) -> Result<ApiIntegration, ApiError> {
         // `id` was checked to be letters and digits, so it is one plain path segment.
         let url = self.endpoint(&format!("integrations/{id}/"))?;
-        let body = match self.get(&url, &format!("integration with id {id}")).await {
-            Ok(b) => b,
-            Err(e) => return Err(e),
-        };
+        let body = self.get(&url, &format!("integration with id {id}")).await?;
         let i = model::parse_integration(&body).map_err(|e| self.protocol(e))?;
         if i.id != id {
             return Err(self.protocol_text(&format!(
@@ -490,9 +489,25 @@ impl ApiClient {
     pub async fn check_token(&self) -> Result<Option<u64>, ApiError> {
         let mut url = self.endpoint("integrations/")?;
         url.set_query(Some("perpage=1"));
-        let body = self.get(&url, "integration listing").await?;
+        let body = self.get_listing(&url).await?;
         let page = model::parse_integrations_page(&body).map_err(|e| self.protocol(e))?;
         Ok(page.count)
+    }
+
+    /// A listing that is not there means the wrong endpoint, not a missing integration.
+    async fn get_listing(&self, url: &reqwest::Url) -> Result<Vec<u8>, ApiError> {
+        self.get(url, "integration listing")
+            .await
+            .map_err(|e| match e {
+                ApiError::NotFound { api, .. } => ApiError::Status {
+                    api,
+                    status: 404,
+                    detail:
+                        "no integration listing here: is api.url the OnCall endpoint from Settings?"
+                            .to_string(),
+                },
+                e => e,
+            })
     }
 
     fn endpoint(&self, path: &str) -> Result<reqwest::Url, ApiError> {
