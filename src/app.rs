@@ -54,10 +54,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     let store = Arc::new(store);
     let depth: u64 = store.depths().values().map(|d| d.alerts).sum();
     tracing::info!(path = %db_path.display(), queued = depth, "The queue is open.");
+    // Integrations given by id/api_name get their inbound URLs before anything sends.
+    let mut resolver = crate::api::Resolver::new(&config, store.clone(), clock);
+    let config = resolver.resolve(config).await;
 
     let (ingest, writer) = Ingest::start(
         store.clone(),
-        config.integrations.iter().map(|i| i.name.clone()),
+        config.integration_names(),
         WriterConfig {
             max_bytes: config.queue.max_bytes,
             channel_capacity: config.queue.channel_capacity,
@@ -109,6 +112,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
         integrations = config.integrations.len(),
+        unresolved = config.unresolved.len(),
         "oncall-agent {} is ready.",
         env!("CARGO_PKG_VERSION")
     );
@@ -126,12 +130,21 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
                 notify_systemd(&[sd_notify::NotifyState::Reloading]);
                 match Config::load(&config.path) {
                     Ok(new) => {
+                        resolver.reconfigure(&new);
+                        let new = resolver.resolve(new).await;
                         apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
                         config = new;
                     }
                     Err(e) => tracing::error!("The new configuration was refused, the old one stays in force: {e}"),
                 }
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = resolver.due() => {
+                let new = resolver.resolve(config.clone()).await;
+                if new.unresolved.len() < config.unresolved.len() {
+                    apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
+                    config = new;
+                }
             }
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { let _ = r; break }
@@ -203,8 +216,8 @@ async fn apply_reload(
     control: &mpsc::Sender<Control>,
     reporter: &Reporter,
 ) {
-    let names =
-        |c: &Config| -> Vec<String> { c.integrations.iter().map(|i| i.name.clone()).collect() };
+    // Unresolved integrations count as configured: their alerts are accepted and kept.
+    let names = |c: &Config| -> Vec<String> { c.integration_names() };
     let (old_names, new_names) = (names(old), names(new));
     let removed: Vec<&String> = old_names
         .iter()

@@ -5,7 +5,7 @@
 //! [`Secret`]. Every default lives in the `default_*` functions below and nowhere else, and
 //! `config/oncall-agent.toml` documents every field (a test parses it).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,8 +156,19 @@ struct RawConfig {
     log: RawLog,
     shutdown_timeout: Option<HumanDuration>,
     self_alert_integration: Option<String>,
+    api: Option<RawApi>,
     #[serde(default, rename = "integration")]
     integrations: Vec<RawIntegration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    url: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    grafana_url: Option<String>,
+    rate_limit: Option<Rate>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +226,8 @@ struct RawIntegration {
     name: String,
     url: Option<String>,
     url_file: Option<PathBuf>,
+    id: Option<String>,
+    api_name: Option<String>,
     rate_limit: Option<Rate>,
     heartbeat: Option<HumanDuration>,
 }
@@ -240,7 +253,151 @@ pub struct Config {
     /// Where the agent reports its own trouble (a quarantined database). Default: the first
     /// integration.
     pub self_alert_integration: Option<String>,
+    /// Integrations with a known inbound URL (from `url`, `url_file`, or resolved through the
+    /// API): everything downstream of [`crate::app`] sees only these.
     pub integrations: Vec<Integration>,
+    /// The OnCall HTTP API, if `[api]` is set.
+    pub api: Option<ApiConfig>,
+    /// Integrations given by `id` or `api_name` whose inbound URL is not known yet; the daemon
+    /// resolves them through the API (`api::resolve`) and moves them into `integrations`.
+    pub unresolved: Vec<UnresolvedIntegration>,
+}
+
+/// `[api]`: the OnCall HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The OnCall endpoint (Grafana OnCall -> Settings); the API lives at `<url>/api/v1/`.
+    /// Holds no secret, so it may be printed.
+    pub url: reqwest::Url,
+    /// Where the API token comes from; read only when a command or the daemon calls the API,
+    /// so that `send` and `status` work for users who may not read it.
+    pub token: ApiToken,
+    /// The Grafana stack URL, sent as `X-Grafana-URL` (needed with a Grafana service account
+    /// token, not with an OnCall API key). Default: not sent.
+    pub grafana_url: Option<reqwest::Url>,
+    /// Client-side budget for API calls (per token). Default 300/5m, OnCall's documented limit.
+    pub rate: Rate,
+}
+
+impl ApiConfig {
+    /// `<url>/api/v1/`, the base every API path is joined to.
+    pub fn base(&self) -> reqwest::Url {
+        let mut u = self.url.clone();
+        let path = u.path().trim_end_matches('/').to_string();
+        u.set_path(&format!("{path}/api/v1/"));
+        u
+    }
+}
+
+/// The environment variable that gives the API token when the file sets neither `token` nor
+/// `token_file`.
+pub const API_TOKEN_ENV: &str = "ONCALL_API_TOKEN";
+
+/// Where the API token is read from.
+#[derive(Debug, Clone)]
+pub enum ApiToken {
+    /// `api.token`, in the file.
+    Inline(Secret<String>),
+    /// `api.token_file` (absolute), e.g. a systemd credential.
+    File(PathBuf),
+    /// [`API_TOKEN_ENV`].
+    Env,
+}
+
+/// The API token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the API token from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the API token file {0} is empty")]
+    Empty(PathBuf),
+    #[error("no API token: set api.token or api.token_file, or {API_TOKEN_ENV}")]
+    Missing,
+    #[error("the API token from {0} holds a line break or a control character")]
+    Malformed(String),
+}
+
+impl ApiToken {
+    /// Reads the token (trimmed of surrounding space).
+    pub fn load(&self) -> Result<Secret<String>, TokenError> {
+        let (text, from) = match self {
+            ApiToken::Inline(t) => (t.expose().clone(), "api.token".to_string()),
+            ApiToken::File(p) => {
+                let t = std::fs::read_to_string(p).map_err(|source| TokenError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                if t.trim().is_empty() {
+                    return Err(TokenError::Empty(p.clone()));
+                }
+                (t, p.display().to_string())
+            }
+            ApiToken::Env => match std::env::var(API_TOKEN_ENV) {
+                Ok(t) if !t.trim().is_empty() => (t, API_TOKEN_ENV.to_string()),
+                _ => return Err(TokenError::Missing),
+            },
+        };
+        let t = text.trim();
+        // It goes into a header: a control character would break the request (or smuggle one).
+        if t.is_empty() || t.chars().any(|c| c.is_control()) {
+            return Err(TokenError::Malformed(from));
+        }
+        Ok(Secret::new(t.to_string()))
+    }
+
+    /// Where the token comes from, for messages (never the token).
+    pub fn describe(&self) -> String {
+        match self {
+            ApiToken::Inline(_) => "api.token".to_string(),
+            ApiToken::File(p) => format!("api.token_file {}", p.display()),
+            ApiToken::Env => API_TOKEN_ENV.to_string(),
+        }
+    }
+}
+
+/// How an integration is found through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiRef {
+    /// `id = "CFRPV98RPR1U8"`: the integration's public id.
+    Id(String),
+    /// `api_name = "..."`: the integration's name in OnCall (must be unique there).
+    Name(String),
+}
+
+impl fmt::Display for ApiRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiRef::Id(id) => write!(f, "id {id}"),
+            ApiRef::Name(n) => write!(f, "api_name {n:?}"),
+        }
+    }
+}
+
+/// An integration given by `id` or `api_name`, waiting for its inbound URL.
+#[derive(Debug, Clone)]
+pub struct UnresolvedIntegration {
+    /// Its place among the file's `[[integration]]`s (resolution keeps the file's order).
+    pub position: usize,
+    pub name: String,
+    pub by: ApiRef,
+    pub rate: Rate,
+    pub heartbeat: Option<Duration>,
+}
+
+impl UnresolvedIntegration {
+    /// The integration, once the API has given its inbound URL.
+    pub fn resolve(&self, url: Secret<reqwest::Url>) -> Integration {
+        Integration {
+            name: self.name.clone(),
+            kind: integration_kind(url.expose()),
+            url,
+            rate: self.rate,
+            heartbeat: self.heartbeat,
+        }
+    }
 }
 
 /// Local listeners.
@@ -362,6 +519,38 @@ impl Config {
         self.integrations.iter().find(|i| i.name == name)
     }
 
+    /// Every configured integration's local name, resolved or not: alerts for an integration
+    /// still waiting for the API are accepted and kept.
+    pub fn integration_names(&self) -> Vec<String> {
+        self.integrations
+            .iter()
+            .map(|i| i.name.clone())
+            .chain(self.unresolved.iter().map(|u| u.name.clone()))
+            .collect()
+    }
+
+    /// Moves the integrations named in `urls` from `unresolved` into `integrations`, where
+    /// the file has them.
+    pub fn with_resolved(mut self, urls: &BTreeMap<String, Secret<reqwest::Url>>) -> Config {
+        let mut pending = std::mem::take(&mut self.unresolved);
+        pending.sort_by_key(|u| u.position);
+        let (done, still): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|u| urls.contains_key(&u.name));
+        for u in done {
+            // Everything before it in the file that is not itself waiting is in the list.
+            let waiting_before = still.iter().filter(|w| w.position < u.position).count();
+            let at = u
+                .position
+                .saturating_sub(waiting_before)
+                .min(self.integrations.len());
+            let url = urls[&u.name].clone();
+            self.integrations.insert(at, u.resolve(url));
+        }
+        self.unresolved = still;
+        self
+    }
+
     /// Where the sled database lives.
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("queue")
@@ -423,9 +612,11 @@ impl Validator<'_> {
         let delivery = self.delivery(raw.delivery)?;
         let queue = self.queue(raw.queue)?;
         let listen = self.listen(raw.listen)?;
+        let api = raw.api.map(|a| self.api(a)).transpose()?;
 
         let mut seen = HashSet::new();
         let mut integrations = Vec::new();
+        let mut unresolved = Vec::new();
         for (i, ri) in raw.integrations.into_iter().enumerate() {
             let field = |f: &str| format!("integration[{i}].{f}");
             if !valid_name(&ri.name) {
@@ -440,21 +631,6 @@ impl Validator<'_> {
             if !seen.insert(ri.name.clone()) {
                 return Err(self.err(field("name"), format!("{:?} is used twice", ri.name)));
             }
-            let url_text = match (ri.url, ri.url_file) {
-                (Some(u), None) => u,
-                (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
-                (Some(_), Some(_)) => {
-                    return Err(self.err(field("url"), "set either url or url_file, not both"));
-                }
-                (None, None) => return Err(self.err(field("url"), "missing (or set url_file)")),
-            };
-            // The parse error of `url` never quotes the input: it holds a token.
-            let url = reqwest::Url::parse(&url_text)
-                .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
-            if url.scheme() != "https" && url.scheme() != "http" {
-                return Err(self.err(field("url"), "must be an http:// or https:// URL"));
-            }
-            let kind = integration_kind(&url);
             let heartbeat = ri.heartbeat.map(|h| h.0);
             if let Some(h) = heartbeat
                 && !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&h)
@@ -464,6 +640,45 @@ impl Validator<'_> {
                     "must be between 10s and 24h (OnCall's heartbeat timeout is 60s to 24h; hit it well within)",
                 ));
             }
+            if let Some(by) = self.api_ref(&field, ri.id, ri.api_name)? {
+                if ri.url.is_some() || ri.url_file.is_some() {
+                    return Err(self.err(
+                        field("url"),
+                        format!("set either url/url_file or {by}, not both"),
+                    ));
+                }
+                if api.is_none() {
+                    return Err(self.err(
+                        field(if matches!(by, ApiRef::Id(_)) { "id" } else { "api_name" }),
+                        "needs an [api] section: the inbound URL is looked up through the OnCall API",
+                    ));
+                }
+                unresolved.push(UnresolvedIntegration {
+                    position: i,
+                    name: ri.name,
+                    by,
+                    rate: ri.rate_limit.unwrap_or(limits.integration),
+                    heartbeat,
+                });
+                continue;
+            }
+            let url_text = match (ri.url, ri.url_file) {
+                (Some(u), None) => u,
+                (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
+                (Some(_), Some(_)) => {
+                    return Err(self.err(field("url"), "set either url or url_file, not both"));
+                }
+                (None, None) => {
+                    return Err(self.err(field("url"), "missing (or set url_file, id or api_name)"));
+                }
+            };
+            // The parse error of `url` never quotes the input: it holds a token.
+            let url = reqwest::Url::parse(&url_text)
+                .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
+            if url.scheme() != "https" && url.scheme() != "http" {
+                return Err(self.err(field("url"), "must be an http:// or https:// URL"));
+            }
+            let kind = integration_kind(&url);
             integrations.push(Integration {
                 name: ri.name,
                 url: Secret::new(url),
@@ -498,7 +713,85 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(10)),
             self_alert_integration: raw.self_alert_integration,
             integrations,
+            api,
+            unresolved,
         })
+    }
+
+    /// `id` / `api_name` of one `[[integration]]`.
+    fn api_ref(
+        &self,
+        field: &dyn Fn(&str) -> String,
+        id: Option<String>,
+        api_name: Option<String>,
+    ) -> Result<Option<ApiRef>, ConfigError> {
+        match (id, api_name) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(self.err(field("id"), "set either id or api_name, not both")),
+            (Some(id), None) => {
+                // It becomes a path segment of an API URL.
+                if !(1..=64).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(self.err(
+                        field("id"),
+                        format!("{id:?} is not an OnCall integration id (letters and digits, like \"CFRPV98RPR1U8\")"),
+                    ));
+                }
+                Ok(Some(ApiRef::Id(id)))
+            }
+            (None, Some(name)) => {
+                if name.trim().is_empty() || name.len() > 1024 {
+                    return Err(self.err(field("api_name"), "must be 1-1024 characters"));
+                }
+                Ok(Some(ApiRef::Name(name)))
+            }
+        }
+    }
+
+    fn api(&self, r: RawApi) -> Result<ApiConfig, ConfigError> {
+        let url = self.http_url("api.url", &r.url)?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(self.err("api.url", "must not have a query or fragment"));
+        }
+        // Accept the API's own URL too: ".../oncall/api/v1/" means ".../oncall".
+        let mut url = url;
+        let path = url.path().trim_end_matches('/').to_string();
+        if let Some(base) = path.strip_suffix("/api/v1") {
+            url.set_path(&format!("{base}/"));
+        }
+        let token = match (r.token, r.token_file) {
+            (Some(t), None) => ApiToken::Inline(Secret::new(t)),
+            (None, Some(f)) => ApiToken::File(self.relative(&f)),
+            (None, None) => ApiToken::Env,
+            (Some(_), Some(_)) => {
+                return Err(self.err("api.token", "set either token or token_file, not both"));
+            }
+        };
+        let grafana_url = r
+            .grafana_url
+            .map(|g| self.http_url("api.grafana_url", &g))
+            .transpose()?;
+        Ok(ApiConfig {
+            url,
+            token,
+            grafana_url,
+            rate: r.rate_limit.unwrap_or(Rate {
+                count: 300,
+                per: Duration::from_secs(300),
+            }),
+        })
+    }
+
+    /// An http(s) URL that holds no credentials (it is printed in messages).
+    fn http_url(&self, field: &str, text: &str) -> Result<reqwest::Url, ConfigError> {
+        let url = reqwest::Url::parse(text.trim())
+            .map_err(|e| self.err(field, format!("not a valid URL ({e})")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.err(field, "must be an http:// or https:// URL"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(field, "must not hold a user name or password"));
+        }
+        Ok(url)
     }
 
     fn delivery(&self, r: RawDelivery) -> Result<Delivery, ConfigError> {
@@ -839,10 +1132,142 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         );
     }
 
+    const API: &str = "[api]\nurl = \"https://oncall.example.com/oncall\"\ntoken = \"TOKEN\"\n";
+
+    #[test]
+    fn api_section_gets_documented_defaults() {
+        let c = parse(&format!("{MIN}{API}")).unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.rate.to_string(), "300/5m");
+        assert!(api.grafana_url.is_none());
+        assert_eq!(
+            api.base().as_str(),
+            "https://oncall.example.com/oncall/api/v1/"
+        );
+        // The API's own URL means the same endpoint.
+        let c = parse(&format!(
+            "{MIN}{}",
+            API.replace("/oncall\"", "/oncall/api/v1/\"")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.api.unwrap().base().as_str(),
+            "https://oncall.example.com/oncall/api/v1/"
+        );
+        // Neither token nor token_file: ONCALL_API_TOKEN, read only when needed.
+        let c = parse(&format!("{MIN}[api]\nurl = \"https://h/oncall\"\n")).unwrap();
+        assert!(matches!(c.api.unwrap().token, ApiToken::Env));
+    }
+
+    #[test]
+    fn api_section_refusals_name_the_field() {
+        let both = format!("{MIN}{API}token_file = \"/x\"\n");
+        assert!(parse(&both).unwrap_err().to_string().contains("api.token"));
+        let creds = format!("{MIN}[api]\nurl = \"https://user:pw@h/oncall\"\n");
+        assert!(parse(&creds).unwrap_err().to_string().contains("api.url"));
+        let gu = format!("{MIN}{API}grafana_url = \"mystack\"\n");
+        assert!(
+            parse(&gu)
+                .unwrap_err()
+                .to_string()
+                .contains("api.grafana_url")
+        );
+        let bogus = format!("{MIN}{API}bearer = true\n");
+        assert!(parse(&bogus).unwrap_err().to_string().contains("bearer"));
+    }
+
+    #[test]
+    fn integration_by_id_or_api_name_needs_the_api_and_no_url() {
+        let by_id = "[[integration]]\nname = \"b\"\nid = \"CFRPV98RPR1U8\"\n";
+        let e = parse(&format!("{MIN}{by_id}")).unwrap_err().to_string();
+        assert!(
+            e.contains("integration[1].id") && e.contains("[api]"),
+            "{e}"
+        );
+        let c = parse(&format!("{MIN}{API}{by_id}")).unwrap();
+        assert_eq!(c.integrations.len(), 1);
+        assert_eq!(c.unresolved[0].by, ApiRef::Id("CFRPV98RPR1U8".into()));
+        assert_eq!(c.unresolved[0].position, 1);
+        assert_eq!(c.integration_names(), ["db-prod", "b"]);
+        let e = parse(&format!(
+            "{MIN}{API}{by_id}url = \"https://h/integrations/v1/webhook/T/\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = parse(&format!("{MIN}{API}{by_id}api_name = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
+        // An id becomes a path segment: nothing but letters and digits.
+        let e = parse(&format!(
+            "{MIN}{API}{}",
+            by_id.replace("CFRPV98RPR1U8", "../x")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("integration[1].id"), "{e}");
+        let by_name = format!(
+            "{MIN}{API}[[integration]]\nname = \"n\"\napi_name = \"DB prod\"\nheartbeat = \"1m\"\n"
+        );
+        let c = parse(&by_name).unwrap();
+        assert_eq!(c.unresolved[0].by, ApiRef::Name("DB prod".into()));
+        assert_eq!(c.unresolved[0].heartbeat, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn resolving_keeps_the_files_order_and_derives_the_kind() {
+        let text = format!(
+            "{MIN}{API}[[integration]]\nname = \"b\"\nid = \"B1\"\n[[integration]]\nname = \"c\"\nid = \"C1\"\n[[integration]]\nname = \"d\"\nurl = \"https://h/integrations/v1/webhook/D/\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let url = |t: &str| {
+            Secret::new(
+                reqwest::Url::parse(&format!("https://h/integrations/v1/alertmanager/{t}/"))
+                    .unwrap(),
+            )
+        };
+        // c first, then b: each lands at its place in the file.
+        let c = c.with_resolved(&BTreeMap::from([("c".to_string(), url("C"))]));
+        let names: Vec<&str> = c.integrations.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["db-prod", "c", "d"]);
+        let c = c.with_resolved(&BTreeMap::from([("b".to_string(), url("B"))]));
+        let names: Vec<&str> = c.integrations.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["db-prod", "b", "c", "d"]);
+        assert!(c.unresolved.is_empty());
+        assert_eq!(c.integrations[1].kind.as_deref(), Some("alertmanager"));
+        assert_eq!(c.integrations[1].rate, c.limits.integration);
+    }
+
+    #[test]
+    fn api_token_is_read_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "  SECRET-T  \n").unwrap();
+        let t = ApiToken::File(f.clone()).load().unwrap();
+        assert_eq!(t.expose(), "SECRET-T");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(matches!(
+            ApiToken::File(f.clone()).load(),
+            Err(TokenError::Empty(_))
+        ));
+        let e = ApiToken::Inline(Secret::new("A\u{7}B".into()))
+            .load()
+            .unwrap_err();
+        assert!(matches!(e, TokenError::Malformed(_)));
+        assert!(!e.to_string().contains("A\u{7}B"));
+        assert!(!ApiToken::File(f).describe().contains("SECRET"));
+    }
+
     #[test]
     fn shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
         let c = Config::load(&path).unwrap();
         assert!(!c.integrations.is_empty());
+        // It documents the API and an integration by id.
+        let api = c.api.as_ref().unwrap();
+        assert!(matches!(api.token, ApiToken::File(_)));
+        assert_eq!(api.rate.to_string(), "300/5m");
+        assert_eq!(c.unresolved[0].by, ApiRef::Id("CFRPV98RPR1U8".into()));
     }
 }

@@ -21,12 +21,16 @@
 //! - [`config`] turns TOML into validated types once; [`app`] wires it together and owns
 //!   signals, readiness and shutdown; [`cli`] is the command line; [`status`] and [`metrics`]
 //!   report; [`redact`] keeps tokens out of everything printed.
+//! - [`api`] is the OnCall HTTP API (not on an alert's path): `integrations`, `check-config
+//!   --online`, and integrations configured by `id`/`api_name`, resolved by [`app`] before the
+//!   sender starts and kept in sled for when the API is down.
 //!
 //! Conventions: `expect` on a mutex only fires if a thread panicked while holding it, and a
 //! panic aborts the release build (`panic = "abort"`: systemd restarts a whole daemon rather
 //! than leave a half-alive one), so lock poisoning is not handled further. Every other
 //! `expect` says why it cannot fail.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -10,7 +10,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { log_format } => run(&cli.config, log_format),
-        Command::CheckConfig => cli::check_config(&cli.config),
+        Command::CheckConfig { online: false } => cli::check_config(&cli.config),
+        Command::CheckConfig { online: true } => {
+            small_runtime().and_then(|rt| rt.block_on(cli::check_config_online(&cli.config)))
+        }
+        Command::Integrations { show_urls, json } => small_runtime()
+            .and_then(|rt| rt.block_on(cli::integrations(&cli.config, show_urls, json))),
         Command::Send(args) => {
             small_runtime().and_then(|rt| rt.block_on(cli::send(&cli.config, args)))
         }

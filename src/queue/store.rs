@@ -7,6 +7,10 @@
 //!   numbers are global and increase, so each integration's range is its FIFO.
 //! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused.
 //! - `limiter`: `<scope>\0<slot BE>` -> two u64 (sent, counted-until), see `sender::limiter`.
+//! - `api_limiter`: the same for the OnCall API's budget (its own tree, because a limiter set
+//!   drops the slots of scopes it was not given), see `api::client`.
+//! - `api_cache`: integrations resolved through the API (`id` / `api_name` -> inbound URL), so
+//!   the agent starts and forwards while the API is down, see `api::resolve`.
 //!
 //! Durability: sled's `flush` writes with `sync_file_range`, which neither flushes the disk's
 //! cache nor the file's metadata, and it never syncs the blob files where it puts values above
@@ -111,6 +115,8 @@ pub struct Store {
     queue: sled::Tree,
     dead: sled::Tree,
     limiter: sled::Tree,
+    api_limiter: sled::Tree,
+    api_cache: sled::Tree,
     /// The log file, fsynced after sled's flush.
     db_file: File,
     db_file_path: PathBuf,
@@ -237,6 +243,8 @@ impl Store {
         let queue = db.open_tree("queue")?;
         let dead = db.open_tree("dead")?;
         let limiter = db.open_tree("limiter")?;
+        let api_limiter = db.open_tree("api_limiter")?;
+        let api_cache = db.open_tree("api_cache")?;
         let db_file_path = path.join("db");
         let db_file = File::open(&db_file_path).map_err(|e| StoreError::Sync {
             path: db_file_path.clone(),
@@ -247,6 +255,8 @@ impl Store {
             queue,
             dead,
             limiter,
+            api_limiter,
+            api_cache,
             db_file,
             db_file_path,
             blobs_dir: path.join("blobs"),
@@ -542,6 +552,16 @@ impl Store {
     /// The limiter tree (owned by `sender::limiter`).
     pub fn limiter_tree(&self) -> &sled::Tree {
         &self.limiter
+    }
+
+    /// The API budget's tree (owned by `api::client`).
+    pub fn api_limiter_tree(&self) -> &sled::Tree {
+        &self.api_limiter
+    }
+
+    /// Integrations resolved through the API (owned by `api::resolve`).
+    pub fn api_cache_tree(&self) -> &sled::Tree {
+        &self.api_cache
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -132,6 +132,8 @@ impl Limiter {
 pub enum Scope {
     Integration(String),
     Org,
+    /// The OnCall HTTP API's budget (per API token; kept in its own tree, see `api::client`).
+    Api,
 }
 
 impl Scope {
@@ -139,6 +141,7 @@ impl Scope {
         let mut k = match self {
             Scope::Integration(n) => format!("i/{n}").into_bytes(),
             Scope::Org => b"org".to_vec(),
+            Scope::Api => b"api".to_vec(),
         };
         k.push(0);
         k
@@ -153,6 +156,7 @@ impl Scope {
         let p = p.strip_suffix(&[0])?;
         let scope = match p {
             b"org" => Scope::Org,
+            b"api" => Scope::Api,
             _ => Scope::Integration(
                 std::str::from_utf8(p.strip_prefix(b"i/")?)
                     .ok()?

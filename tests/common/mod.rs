@@ -84,7 +84,10 @@ impl FakeOnCall {
             ..Default::default()
         }));
         let app = Router::new()
-            .route("/integrations/v1/{kind}/{token}/", post(alert))
+            .route(
+                "/integrations/v1/{kind}/{token}/",
+                post(alert).get(instructions),
+            )
             .route(
                 "/integrations/v1/{kind}/{token}/heartbeat/",
                 axum::routing::get(heartbeat).post(heartbeat),
@@ -154,6 +157,25 @@ async fn heartbeat(
     }
     *s.heartbeats.entry(token).or_default() += 1;
     ":)".into_response()
+}
+
+/// GET on an inbound URL: OnCall's instructions page (not rate limited), or 403.
+async fn instructions(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    UrlPath((_kind, token)): UrlPath<(String, String)>,
+) -> Response {
+    if !state.lock().unwrap().tokens.contains(&token) {
+        return (
+            StatusCode::FORBIDDEN,
+            "\"Integration key was not found. Permission denied.\"",
+        )
+            .into_response();
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html")],
+        "<html><body>This is the integration's URL. POST alerts here.</body></html>",
+    )
+        .into_response()
 }
 
 async fn alert(
