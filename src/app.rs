@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -40,8 +41,31 @@ pub enum AppError {
     Sender(String),
 }
 
+/// Changes the log filter of the running process (a tracing-subscriber reload handle, set up
+/// by the binary); the error says why the level was not applied.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the binary hands the daemon beyond its config.
+#[derive(Default)]
+pub struct Hooks {
+    /// Applies `log.level` on reload; `None` when logging was set up elsewhere (tests).
+    pub set_log_level: Option<SetLogLevel>,
+}
+
+/// How often STATUS= goes to systemd when no watchdog asks for more often.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+
 /// Runs the daemon until SIGTERM or SIGINT (or `stop`, for tests and embedding).
 pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+    run_with(config, stop, Hooks::default()).await
+}
+
+/// [`run`], with the binary's [`Hooks`].
+pub async fn run_with(
+    config: Config,
+    stop: impl Future<Output = ()> + Send,
+    hooks: Hooks,
+) -> Result<(), AppError> {
     let clock = Clock::system();
     let db_path = config.db_path();
     let (store, quarantined) =
@@ -87,6 +111,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         started: clock.now(),
         max_bytes: config.queue.max_bytes,
         rates: Mutex::new(rates_of(&config)),
+        received: ingest.received().clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -100,9 +125,19 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         body_timeout: config.listen.body_timeout,
     };
     let servers = start_listeners(&config, state, stop_rx.clone())?;
+    let supervisor = tokio::spawn(supervise(
+        ingest.clone(),
+        control_tx.clone(),
+        reporter.clone(),
+        stop_rx.clone(),
+    ));
     drop(ingest);
 
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let line = reporter.report().one_line();
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&line),
+    ]);
     tracing::info!(
         integrations = config.integrations.len(),
         "oncall-agent {} is ready.",
@@ -122,6 +157,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
                 match Config::load(&config.path) {
                     Ok(new) => {
                         apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
+                        apply_log_level(&config, &new, &hooks);
                         config = new;
                     }
                     Err(e) => tracing::error!("The new configuration was refused, the old one stays in force: {e}"),
@@ -140,6 +176,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     let deadline = config.shutdown_timeout;
     let Servers { handles, ingest } = servers;
     drop(ingest);
+    // It holds an Ingest handle too; the writer ends only once every handle is gone.
+    let _ = supervisor.await;
     let _ = tokio::time::timeout(deadline, async {
         for h in handles {
             let _ = h.await;
@@ -206,6 +244,98 @@ async fn apply_reload(
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
 }
 
+/// Applies a changed `log.level`. RUST_LOG, when set, wins over the config (as at start).
+fn apply_log_level(old: &Config, new: &Config, hooks: &Hooks) {
+    if old.log_level == new.log_level {
+        return;
+    }
+    let Some(set) = &hooks.set_log_level else {
+        return;
+    };
+    match set(&new.log_level) {
+        Ok(()) => tracing::info!(level = %new.log_level, "The log level changed."),
+        Err(why) => {
+            tracing::warn!(level = %new.log_level, "The new log level was not applied: {why}.")
+        }
+    }
+}
+
+/// Feeds systemd: STATUS= with the queue's state, and WATCHDOG=1 only while the queue writer
+/// and the dispatcher both answer a ping within half the watchdog interval. A stuck writer
+/// (say, an fsync that never returns) or a wedged dispatcher thus gets the agent restarted
+/// by systemd instead of leaving a daemon that accepts nothing or sends nothing.
+async fn supervise(
+    ingest: Ingest,
+    control: mpsc::Sender<Control>,
+    reporter: Arc<Reporter>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
+        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)));
+    let period = watchdog.map_or(STATUS_PERIOD, |w| w.min(STATUS_PERIOD));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let r = reporter.clone();
+        let line = tokio::task::spawn_blocking(move || r.report().one_line())
+            .await
+            .unwrap_or_default();
+        let Some(limit) = watchdog else {
+            notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
+            continue;
+        };
+        let writer = tokio::time::timeout(limit, ingest.ping()).await;
+        let sender = tokio::time::timeout(limit, async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            control.send(Control::Ping(tx)).await.ok()?;
+            rx.await.ok()
+        })
+        .await;
+        match (writer, sender) {
+            (Ok(Ok(())), Ok(Some(()))) => {
+                if failing {
+                    tracing::info!("The queue writer and the dispatcher answer again.");
+                    failing = false;
+                }
+                notify_systemd(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&line),
+                ]);
+            }
+            (w, d) => {
+                if *stop.borrow() {
+                    return;
+                }
+                if !failing {
+                    let who = match (w.is_ok_and(|r| r.is_ok()), d.is_ok_and(|r| r.is_some())) {
+                        (false, false) => "the queue writer and the dispatcher",
+                        (false, true) => "the queue writer",
+                        _ => "the dispatcher",
+                    };
+                    tracing::error!(
+                        "{who} did not answer within {limit:?}; the watchdog is no longer fed, so systemd will restart the agent if it does not recover."
+                    );
+                    failing = true;
+                }
+                let stuck = format!("STUCK: {line}");
+                notify_systemd(&[sd_notify::NotifyState::Status(&stuck)]);
+            }
+        }
+    }
+}
+
 /// The listeners' tasks, and the ingest handle reload uses.
 struct Servers {
     handles: Vec<tokio::task::JoinHandle<()>>,
@@ -239,7 +369,11 @@ fn start_listeners(
         (None, None) => None,
     };
     if let Some(l) = unix {
-        let app = http::router(state.clone(), Exposure::Unix);
+        let st = HttpState {
+            ingest: state.ingest.for_source("unix"),
+            ..state.clone()
+        };
+        let app = http::router(st, Exposure::Unix);
         handles.push(tokio::spawn(http::serve(l, app, limits, stop.clone())));
     }
     let tcp = match (inherited_tcp, config.listen.tcp) {
@@ -267,8 +401,12 @@ fn start_listeners(
         if let Ok(a) = l.local_addr() {
             tracing::info!(address = %a, "Listening on TCP.");
         }
+        let st = HttpState {
+            ingest: state.ingest.for_source("tcp"),
+            ..state.clone()
+        };
         let app = http::router(
-            state.clone(),
+            st,
             Exposure::Tcp {
                 auth_token: config.listen.auth_token.clone(),
             },

@@ -455,6 +455,13 @@ impl Validator<'_> {
             return Err(self.err("listen", "set at least one of listen.unix and listen.tcp"));
         }
         let state_dir = self.relative(&raw.state_dir);
+        let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(self.err(
+                "log.level",
+                format!("{log_level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
+            ));
+        }
         Ok(Config {
             path: self.path.to_owned(),
             state_dir,
@@ -462,7 +469,7 @@ impl Validator<'_> {
             limits,
             delivery,
             queue,
-            log_level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            log_level,
             shutdown_timeout: raw
                 .shutdown_timeout
                 .map(|d| d.0)
@@ -754,6 +761,18 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         let big = format!("{MIN}\n[queue]\nmax_body = \"4MiB\"\n");
         let e = parse(&big).unwrap_err().to_string();
         assert!(e.contains("queue.max_body"), "{e}");
+    }
+
+    #[test]
+    fn bad_log_level_is_rejected_before_it_reaches_the_logger() {
+        let e = parse(&format!("{MIN}\n[log]\nlevel = \"oncall_agent=loud\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.level"), "{e}");
+        parse(&format!(
+            "{MIN}\n[log]\nlevel = \"oncall_agent=debug,warn\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]

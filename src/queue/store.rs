@@ -98,6 +98,8 @@ pub struct Store {
     next_seq: AtomicU64,
     depth: Mutex<BTreeMap<String, Depth>>,
     total_bytes: AtomicU64,
+    /// Dead letters kept (sled's `len` is a full scan, and status asks often).
+    dead_total: AtomicU64,
     /// Woken after every commit that added alerts.
     pub committed: tokio::sync::Notify,
 }
@@ -209,6 +211,7 @@ impl Store {
             next_seq: AtomicU64::new(1),
             depth: Mutex::new(BTreeMap::new()),
             total_bytes: AtomicU64::new(0),
+            dead_total: AtomicU64::new(0),
             committed: tokio::sync::Notify::new(),
         };
         store.rebuild_counters()?;
@@ -238,12 +241,15 @@ impl Store {
             d.last_seq = d.last_seq.max(seq);
             total += v.len() as u64;
         }
+        let mut dead = 0;
         for kv in self.dead.iter().keys() {
             let k = kv?;
+            dead += 1;
             if let Ok(b) = <[u8; 8]>::try_from(&k[..]) {
                 max_seq = max_seq.max(u64::from_be_bytes(b));
             }
         }
+        self.dead_total.store(dead, Ordering::SeqCst);
         self.next_seq.store(max_seq + 1, Ordering::SeqCst);
         *self.depth.lock().expect("depth lock") = depth;
         self.total_bytes.store(total, Ordering::SeqCst);
@@ -328,6 +334,11 @@ impl Store {
             b.insert(k.as_slice(), v.as_slice());
         }
         self.queue.apply_batch(b)?;
+        self.count_appended(alerts);
+        Ok(())
+    }
+
+    fn count_appended(&self, alerts: &[(String, u64, Vec<u8>)]) {
         let mut depth = self.depth.lock().expect("depth lock");
         for (name, seq, value) in alerts {
             let d = depth.entry(name.clone()).or_default();
@@ -337,7 +348,6 @@ impl Store {
             self.total_bytes
                 .fetch_add(value.len() as u64, Ordering::SeqCst);
         }
-        Ok(())
     }
 
     /// Reads metadata written with [`Store::append`].
@@ -436,6 +446,7 @@ impl Store {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        self.dead_total.fetch_add(1, Ordering::SeqCst);
         let mut depth = self.depth.lock().expect("depth lock");
         if let Some(d) = depth.get_mut(integration) {
             d.alerts = d.alerts.saturating_sub(1);
@@ -460,7 +471,113 @@ impl Store {
     }
 
     pub fn dead_count(&self) -> usize {
-        self.dead.len()
+        self.dead_total.load(Ordering::SeqCst) as usize
+    }
+
+    /// Dead letters with an id above `after`, oldest first, of one integration or all; at
+    /// most `limit` of them.
+    pub fn dead_letters_of(
+        &self,
+        integration: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        let Some(start) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for kv in self.dead.range(start.to_be_bytes()..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv?;
+            let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
+                continue;
+            };
+            if integration.is_none_or(|n| n == dl.integration) {
+                out.push(dl);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the dead letters (of one integration, or all) that failed before `before`.
+    pub fn dead_ids_failed_before(
+        &self,
+        integration: Option<&str>,
+        before: Millis,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.dead.iter() {
+            let (_, v) = kv?;
+            let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
+                continue;
+            };
+            if dl.failed_at < before && integration.is_none_or(|n| n == dl.integration) {
+                out.push(dl.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead letter.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self.dead.get(id.to_be_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+        }
+    }
+
+    /// Removes dead letters for good (an operator's purge); returns how many existed. Synced:
+    /// a purge that comes back after a crash would surprise whoever ordered it.
+    pub fn purge_dead(&self, ids: &[u64]) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for id in ids {
+            if self.dead.remove(id.to_be_bytes())?.is_some() {
+                removed += 1;
+            }
+        }
+        self.dead_total.fetch_sub(
+            removed.min(self.dead_total.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        self.sync()?;
+        Ok(removed)
+    }
+
+    /// Like [`Store::append`], and removes the dead letters `undead` in the same transaction:
+    /// a retried dead letter is either back in the queue or still dead, never both, never
+    /// neither. Does not sync.
+    pub fn append_requeue(
+        &self,
+        alerts: &[(String, u64, Vec<u8>)],
+        meta: &[(Vec<u8>, Vec<u8>)],
+        undead: &[u64],
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let removed = (&self.queue, &self.dead)
+            .transaction(|(q, d)| {
+                for (name, seq, value) in alerts {
+                    q.insert(alert_key(name, *seq), value.as_slice())?;
+                }
+                for (k, v) in meta {
+                    q.insert(k.as_slice(), v.as_slice())?;
+                }
+                let mut removed = 0u64;
+                for id in undead {
+                    if d.remove(&id.to_be_bytes())?.is_some() {
+                        removed += 1;
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
+            })
+            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        self.dead_total.fetch_sub(
+            removed.min(self.dead_total.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        self.count_appended(alerts);
+        Ok(())
     }
 
     pub fn depth(&self, integration: &str) -> Depth {
