@@ -334,7 +334,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
+            message: describe_toml_error(text, &e),
         })?;
         Validator { path }.build(raw)
     }
@@ -642,6 +642,39 @@ pub fn warnings(c: &Config) -> Vec<String> {
     w
 }
 
+/// "line L, column C: what is wrong", on one line, without the excerpt of the file that toml
+/// adds: that excerpt can hold an integration URL (a token), and this message reaches the
+/// journal through `check-config` in ExecStartPre/ExecReload and the reload error log.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            // The key (never a value) and its table, so the message names the field.
+            let this_line = text.lines().nth(line - 1).unwrap_or_default();
+            let key = this_line
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !k.starts_with('#'));
+            let table = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+            let field = match (table, key) {
+                (Some(t), Some(k)) => format!(" ({t}.{k})"),
+                (None, Some(k)) => format!(" ({k})"),
+                _ => String::new(),
+            };
+            format!("line {line}, column {column}{field}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// Local names appear in URLs and sled keys: keep them to a safe alphabet.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -694,6 +727,15 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
             .to_string();
         assert!(e.contains("/etc/test.toml"), "{e}");
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_and_never_quote_the_file() {
+        let text = MIN.replace("SECRETTOKEN/\"", "SECRETTOKEN/\" trailing");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(!e.contains("SECRETTOKEN"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line 7"), "{e}");
     }
 
     #[test]

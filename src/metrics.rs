@@ -100,8 +100,15 @@ fn family<T: EncodeMetric>(
     metric_type: MetricType,
     rows: Vec<(Labels, T)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, unit, metric_type)?;
+    // Help ends with a full stop, as the registry writes it for registered metrics.
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, unit, metric_type)?;
     for (labels, value) in rows {
+        if labels.is_empty() {
+            // `name{} 1` is legal but odd; a metric without labels is written bare.
+            value.encode(m)?;
+            break;
+        }
         value.encode(m.encode_family(&labels)?)?;
     }
     Ok(())
@@ -286,7 +293,7 @@ impl Collector for ReportCollector {
 
         let mut m = enc.encode_descriptor(
             "delivery_latency",
-            "Time from sending an alert to OnCall's 2xx answer",
+            "Time from sending an alert to OnCall's 2xx answer.",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
