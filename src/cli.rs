@@ -38,11 +38,24 @@ impl CliError {
     }
 }
 
+/// The man page's and `--help`'s closing notes: signals, files, exit codes.
+const AFTER_HELP: &str = "\
+Signals (to `run`): SIGHUP reloads the config (a bad one is refused and the old one stays); \
+SIGTERM and SIGINT stop accepting, let deliveries in flight finish within shutdown_timeout, \
+and exit 0.
+
+Files: /etc/oncall-agent/oncall-agent.toml (config), /var/lib/oncall-agent (queue), \
+/run/oncall-agent/agent.sock (ingest, status, metrics and the dead-letter admin API).
+
+Exit codes: 0 ok, 64 usage, 65 data refused, 69 daemon unreachable, 70 internal error, \
+75 try again later, 78 bad config.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "oncall-agent",
     version,
-    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits"
+    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits",
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
     /// The config file.
@@ -70,6 +83,7 @@ pub enum AlertState {
 pub enum Command {
     /// Run the daemon.
     Run {
+        /// How log lines look: plain (without timestamps under journald) or json for shippers.
         #[arg(long, value_enum, default_value = "plain")]
         log_format: LogFormat,
     },
@@ -127,6 +141,7 @@ pub enum DeadCommand {
         /// Every dead letter (with --integration: every one of that integration).
         #[arg(long)]
         all: bool,
+        /// With --all: only this integration's dead letters.
         #[arg(long, short, requires = "all")]
         integration: Option<String>,
     },
@@ -138,6 +153,7 @@ pub enum DeadCommand {
         /// Every dead letter that failed at least this long ago ("7d", "12h").
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
+        /// With --older-than: only this integration's dead letters.
         #[arg(long, short, requires = "older_than")]
         integration: Option<String>,
     },
@@ -177,6 +193,11 @@ pub struct SendArgs {
 
 fn load(path: &std::path::Path) -> Result<Config, CliError> {
     Config::load(path).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))
+}
+
+/// The config as the client commands need it: listeners and names, not the secret files.
+fn load_client(path: &std::path::Path) -> Result<Config, CliError> {
+    Config::load_without_secrets(path).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))
 }
 
 /// `check-config`.
@@ -245,7 +266,7 @@ pub fn alert_body(args: &SendArgs, max_body: usize) -> Result<Vec<u8>, CliError>
 
 /// `send`.
 pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), CliError> {
-    let config = load(config_path)?;
+    let config = load_client(config_path)?;
     if config.integration(&args.integration).is_none() {
         return Err(CliError::new(
             exit::USAGE,
@@ -285,7 +306,7 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
 
 /// `status`.
 pub async fn status(config_path: &std::path::Path, json: bool) -> Result<(), CliError> {
-    let config = load(config_path)?;
+    let config = load_client(config_path)?;
     let answer = local::request(
         &config,
         hyper::Method::GET,
@@ -384,7 +405,7 @@ fn print_json(v: &impl serde::Serialize) {
 pub async fn dead(config_path: &std::path::Path, command: DeadCommand) -> Result<(), CliError> {
     use crate::sources::admin::{DeadList, DeadSummary, PurgeReport, RetryReport};
     use hyper::Method;
-    let config = load(config_path)?;
+    let config = load_client(config_path)?;
     match command {
         DeadCommand::List {
             integration,
@@ -524,7 +545,7 @@ pub fn generate_assets(out_dir: &std::path::Path) -> Result<(), CliError> {
         )
     };
     for (name, bytes) in assets() {
-        let path = out_dir.join(name);
+        let path = out_dir.join(&name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -533,15 +554,25 @@ pub fn generate_assets(out_dir: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Each generated file: its path under the assets folder, and its content.
-pub fn assets() -> Vec<(&'static str, Vec<u8>)> {
+/// Each generated file: its path under the assets folder, and its content. One man page per
+/// command (`oncall-agent.1`, `oncall-agent-dead-retry.1`, ...), as clap_mangen names them.
+pub fn assets() -> Vec<(String, Vec<u8>)> {
     use clap::CommandFactory;
     use clap_complete::Shell;
+    fn pages(cmd: clap::Command, out: &mut Vec<(String, Vec<u8>)>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub.clone(), out);
+        }
+        let man = clap_mangen::Man::new(cmd);
+        let mut buf = Vec::new();
+        // Rendering into a Vec cannot fail.
+        let _ = man.render(&mut buf);
+        out.push((format!("man/{}", man.get_filename()), buf));
+    }
     let mut out = Vec::new();
-    let mut man = Vec::new();
-    // Rendering into a Vec cannot fail.
-    let _ = clap_mangen::Man::new(Cli::command()).render(&mut man);
-    out.push(("man/oncall-agent.1", man));
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    pages(cmd, &mut out);
     for (shell, name) in [
         (Shell::Bash, "completions/oncall-agent.bash"),
         (Shell::Zsh, "completions/_oncall-agent"),
@@ -549,7 +580,41 @@ pub fn assets() -> Vec<(&'static str, Vec<u8>)> {
     ] {
         let mut buf = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "oncall-agent", &mut buf);
-        out.push((name, buf));
+        out.push((name.to_string(), buf));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// The packaged man page and completions (assets/) are what the CLI generates now.
+    #[test]
+    fn packaged_man_page_and_completions_match_the_cli() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+        let fix = "run `cargo run -- generate-assets --out-dir assets`";
+        let mut expected = std::collections::BTreeSet::new();
+        for (name, bytes) in assets() {
+            let on_disk = std::fs::read(dir.join(&name)).unwrap_or_default();
+            assert!(on_disk == bytes, "assets/{name} is out of date: {fix}");
+            expected.insert(name);
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for sub in ["man", "completions"] {
+            for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+                found.insert(format!("{sub}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+        assert_eq!(
+            found, expected,
+            "stale files in assets/: {fix} after removing them"
+        );
+    }
 }

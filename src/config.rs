@@ -336,7 +336,31 @@ impl Config {
             path: path.to_owned(),
             message: describe_toml_error(text, &e),
         })?;
-        Validator { path }.build(raw)
+        Validator {
+            path,
+            read_secrets: true,
+        }
+        .build(raw)
+    }
+
+    /// Like [`Config::load`], but `url_file` and `auth_token_file` are not read: for the CLI's
+    /// client commands (`send`, `status`, `dead`), which need the listeners, not the secrets,
+    /// and run as users who cannot read them (systemd credentials are the unit's alone). The
+    /// URLs of such integrations are placeholders that must never be used to send.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(&text, &e),
+        })?;
+        Validator {
+            path,
+            read_secrets: false,
+        }
+        .build(raw)
     }
 
     pub fn integration(&self, name: &str) -> Option<&Integration> {
@@ -364,7 +388,13 @@ fn default_limits() -> Limits {
 
 struct Validator<'a> {
     path: &'a Path,
+    /// Whether `*_file` secrets are read (see [`Config::load_without_secrets`]).
+    read_secrets: bool,
 }
+
+/// What stands for a secret that was not read.
+const UNREAD_URL: &str = "http://secret-file-not-read.invalid/integrations/v1/unknown/unread/";
+const UNREAD_TOKEN: &str = "auth-token-file-not-read";
 
 impl Validator<'_> {
     fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -377,6 +407,14 @@ impl Validator<'_> {
 
     /// Reads a secret from a file (systemd `LoadCredential=`), trimmed of surrounding space.
     fn read_secret(&self, field: &str, file: &Path) -> Result<String, ConfigError> {
+        if !self.read_secrets {
+            return Ok(if field.ends_with("url_file") {
+                UNREAD_URL
+            } else {
+                UNREAD_TOKEN
+            }
+            .to_string());
+        }
         let file = self.relative(file);
         let text = std::fs::read_to_string(&file)
             .map_err(|e| self.err(field, format!("cannot read {}: {e}", file.display())))?;
@@ -837,6 +875,21 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
                 per: Duration::from_secs(300)
             }
         );
+    }
+
+    #[test]
+    fn client_commands_load_a_config_whose_secret_files_they_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = MIN.replace(
+            "url = \"https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/\"",
+            "url_file = \"/nonexistent/credential\"",
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("integration[0].url_file"), "{e}");
+        let c = Config::load_without_secrets(&path).unwrap();
+        assert_eq!(c.integrations[0].name, "db-prod");
     }
 
     #[test]
