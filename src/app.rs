@@ -157,6 +157,7 @@ pub async fn run_with(
                 match Config::load(&config.path) {
                     Ok(new) => {
                         apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
+                        servers.reload(&new);
                         apply_log_level(&config, &new, &hooks);
                         config = new;
                     }
@@ -174,8 +175,14 @@ pub async fn run_with(
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     let deadline = config.shutdown_timeout;
-    let Servers { handles, ingest } = servers;
-    drop(ingest);
+    let Servers {
+        handles,
+        ingest,
+        state,
+        routers,
+    } = servers;
+    // The routers hold Ingest handles too.
+    drop((ingest, state, routers));
     // It holds an Ingest handle too; the writer ends only once every handle is gone.
     let _ = supervisor.await;
     let _ = tokio::time::timeout(deadline, async {
@@ -235,11 +242,43 @@ async fn apply_reload(
         let d = reporter.store.depth(n);
         tracing::warn!(integration = %n, queued = d.alerts, "Integration removed by reload; its queued alerts are kept and go out if it comes back.");
     }
-    if old.listen.unix != new.listen.unix
-        || old.listen.tcp != new.listen.tcp
-        || old.state_dir != new.state_dir
-    {
-        tracing::warn!("Changes to listen addresses or state_dir take effect at the next restart.");
+    let (o, n) = (&old.listen, &new.listen);
+    let (oq, nq) = (&old.queue, &new.queue);
+    let mut later = Vec::new();
+    for (changed, what) in [
+        (o.unix != n.unix, "listen.unix"),
+        (o.tcp != n.tcp, "listen.tcp"),
+        (o.unix_mode != n.unix_mode, "listen.unix_mode"),
+        (o.unix_group != n.unix_group, "listen.unix_group"),
+        (
+            o.max_connections != n.max_connections,
+            "listen.max_connections",
+        ),
+        (
+            o.header_timeout != n.header_timeout,
+            "listen.header_timeout",
+        ),
+        (old.state_dir != new.state_dir, "state_dir"),
+        (oq.max_bytes != nq.max_bytes, "queue.max_bytes"),
+        (
+            oq.cache_capacity != nq.cache_capacity,
+            "queue.cache_capacity",
+        ),
+        (
+            oq.channel_capacity != nq.channel_capacity,
+            "queue.channel_capacity",
+        ),
+        (oq.batch_max != nq.batch_max, "queue.batch_max"),
+    ] {
+        if changed {
+            later.push(what);
+        }
+    }
+    if !later.is_empty() {
+        tracing::warn!(
+            "Changes to {} take effect at the next restart.",
+            later.join(", ")
+        );
     }
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
 }
@@ -340,6 +379,38 @@ async fn supervise(
 struct Servers {
     handles: Vec<tokio::task::JoinHandle<()>>,
     ingest: Ingest,
+    /// What the routers are built from, for reload.
+    state: HttpState,
+    /// Each listener's router, replaced on reload: (is it the Unix socket, its router).
+    routers: Vec<(bool, watch::Sender<axum::Router>)>,
+}
+
+impl Servers {
+    /// Builds one listener's router from the config.
+    fn router(state: &HttpState, config: &Config, unix: bool) -> axum::Router {
+        let st = HttpState {
+            ingest: state.ingest.for_source(if unix { "unix" } else { "tcp" }),
+            max_body: config.queue.max_body,
+            body_timeout: config.listen.body_timeout,
+            ..state.clone()
+        };
+        let exposure = if unix {
+            Exposure::Unix
+        } else {
+            Exposure::Tcp {
+                auth_token: config.listen.auth_token.clone(),
+            }
+        };
+        http::router(st, exposure)
+    }
+
+    /// Applies the new config's per-request settings (auth token, body size and deadline) to
+    /// the listeners as they are: new connections get them, open ones finish as they began.
+    fn reload(&self, config: &Config) {
+        for (unix, tx) in &self.routers {
+            let _ = tx.send(Servers::router(&self.state, config, *unix));
+        }
+    }
 }
 
 fn start_listeners(
@@ -353,6 +424,7 @@ fn start_listeners(
     };
     let (inherited_unix, inherited_tcp) = inherited_listeners();
     let mut handles = Vec::new();
+    let mut routers = Vec::new();
     let unix = match (inherited_unix, &config.listen.unix) {
         (Some(l), _) => Some(l),
         (None, Some(path)) => Some(
@@ -369,12 +441,14 @@ fn start_listeners(
         (None, None) => None,
     };
     if let Some(l) = unix {
-        let st = HttpState {
-            ingest: state.ingest.for_source("unix"),
-            ..state.clone()
-        };
-        let app = http::router(st, Exposure::Unix);
-        handles.push(tokio::spawn(http::serve(l, app, limits, stop.clone())));
+        let (tx, apps) = watch::channel(Servers::router(&state, config, true));
+        routers.push((true, tx));
+        handles.push(tokio::spawn(http::serve_reloadable(
+            l,
+            apps,
+            limits,
+            stop.clone(),
+        )));
     }
     let tcp = match (inherited_tcp, config.listen.tcp) {
         (Some(l), _) => Some(l),
@@ -401,21 +475,15 @@ fn start_listeners(
         if let Ok(a) = l.local_addr() {
             tracing::info!(address = %a, "Listening on TCP.");
         }
-        let st = HttpState {
-            ingest: state.ingest.for_source("tcp"),
-            ..state.clone()
-        };
-        let app = http::router(
-            st,
-            Exposure::Tcp {
-                auth_token: config.listen.auth_token.clone(),
-            },
-        );
-        handles.push(tokio::spawn(http::serve(l, app, limits, stop)));
+        let (tx, apps) = watch::channel(Servers::router(&state, config, false));
+        routers.push((false, tx));
+        handles.push(tokio::spawn(http::serve_reloadable(l, apps, limits, stop)));
     }
     Ok(Servers {
         handles,
-        ingest: state.ingest,
+        ingest: state.ingest.clone(),
+        state,
+        routers,
     })
 }
 

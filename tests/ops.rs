@@ -616,3 +616,64 @@ async fn socket_activation_serves_an_alert_through_the_inherited_sockets() {
     );
     assert_eq!(d.stop(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_auth_token_and_body_limit_to_the_listeners_live() {
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let a = integration("a", &oncall.url("formatted_webhook", "A"));
+    let d = Daemon::start(&format!("{FAST}{a}")).await;
+    let post = |token: Option<&'static str>, body: String| {
+        let mut r = reqwest::Client::new()
+            .post(format!("{}/v1/integrations/a/alerts", d.base()))
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    // The harness appends to [listen]: these lines set its auth token.
+    d.write_config(&format!(
+        "auth_token = \"first-token-0123456789\"\n{FAST}[queue]\nmax_body = 1000\n{a}"
+    ));
+    d.signal("HUP");
+    assert!(
+        wait_for(LONG, || async {
+            post(None, r#"{"title":"x"}"#.into()).await == 401
+        })
+        .await,
+        "{}",
+        d.logs()
+    );
+    assert_eq!(
+        post(Some("first-token-0123456789"), r#"{"title":"t1"}"#.into()).await,
+        202
+    );
+    let big = format!(r#"{{"title":"{}"}}"#, "x".repeat(2000));
+    assert_eq!(post(Some("first-token-0123456789"), big).await, 413);
+
+    // Rotating the token: the old one stops working, the new one works, nothing restarts.
+    d.write_config(&format!(
+        "auth_token = \"second-token-0123456789\"\n{FAST}{a}"
+    ));
+    d.signal("HUP");
+    assert!(
+        wait_for(LONG, || async {
+            post(Some("first-token-0123456789"), r#"{"title":"x"}"#.into()).await == 401
+        })
+        .await
+    );
+    assert_eq!(
+        post(Some("second-token-0123456789"), r#"{"title":"t2"}"#.into()).await,
+        202
+    );
+    // The Unix socket never needed a token.
+    assert_eq!(d.unix_request("GET", "/healthz").0, 200);
+    assert!(
+        wait_until(LONG, || {
+            let mut t = titles(&oncall, "A");
+            t.sort();
+            t == ["t1", "t2"]
+        })
+        .await
+    );
+}

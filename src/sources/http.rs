@@ -284,9 +284,19 @@ pub struct ConnLimits {
 
 /// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, lets each
 /// open connection finish its request, and returns when they are all closed.
-pub async fn serve<L>(
+pub async fn serve<L>(listener: L, app: Router, limits: ConnLimits, shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+{
+    let (_fixed, apps) = watch::channel(app);
+    serve_reloadable(listener, apps, limits, shutdown).await
+}
+
+/// [`serve`], with the router taken anew for each connection from `apps`: a reload swaps in
+/// a router with new settings (auth token, body limits) on the same listening socket.
+pub async fn serve_reloadable<L>(
     mut listener: L,
-    app: Router,
+    apps: watch::Receiver<Router>,
     limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -304,7 +314,8 @@ pub async fn serve<L>(
             (io, _) = listener.accept() => io,
             _ = shutdown.changed() => break,
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = apps.borrow().clone();
+        let svc = hyper_util::service::TowerToHyperService::new(app);
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_timeout;
         conns.spawn(async move {
