@@ -335,13 +335,15 @@ async fn supervise(
             notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
             continue;
         };
-        let writer = tokio::time::timeout(limit, ingest.ping()).await;
-        let sender = tokio::time::timeout(limit, async {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            control.send(Control::Ping(tx)).await.ok()?;
-            rx.await.ok()
-        })
-        .await;
+        // Both at once: one tick must fit in the watchdog interval even when both are slow.
+        let (writer, sender) = tokio::join!(
+            tokio::time::timeout(limit, ingest.ping()),
+            tokio::time::timeout(limit, async {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                control.send(Control::Ping(tx)).await.ok()?;
+                rx.await.ok()
+            })
+        );
         match (writer, sender) {
             (Ok(Ok(())), Ok(Some(()))) => {
                 if failing {

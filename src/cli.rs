@@ -471,11 +471,9 @@ pub async fn dead(config_path: &std::path::Path, command: DeadCommand) -> Result
             println!("status:      {}", d.status);
             println!("reason:      {}", d.reason);
             println!("answer:      {}", d.response.trim());
-            println!("payload:");
-            match serde_json::from_str::<serde_json::Value>(&d.payload) {
-                Ok(p) => print_json(&p),
-                Err(_) => println!("{}", d.payload),
-            }
+            // Verbatim: this is what would be sent again.
+            println!("payload ({} bytes):", d.payload.len());
+            println!("{}", d.payload);
             Ok(())
         }
         DeadCommand::Retry {

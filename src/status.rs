@@ -213,6 +213,13 @@ impl StatusReport {
             self.org.limit,
             scope_line(&self.org)
         );
+        if self.dead_letters > 0 {
+            let _ = writeln!(
+                s,
+                "{} alerts were refused by OnCall and wait as dead letters: oncall-agent dead list",
+                self.dead_letters
+            );
+        }
         let _ = writeln!(
             s,
             "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",
