@@ -19,8 +19,9 @@
 //! - Every request (alerts, retries, probes) spends the integration's and the org's budget,
 //!   which persist across restarts.
 //! - [`config`] turns TOML into validated types once; [`app`] wires it together and owns
-//!   signals, readiness and shutdown; [`cli`] is the command line; [`status`] and [`metrics`]
-//!   report; [`redact`] keeps tokens out of everything printed.
+//!   signals, reload, readiness, the watchdog and shutdown; [`cli`] is the command line;
+//!   [`status`] and [`metrics`] report; `sources::admin` serves the dead letters on the Unix
+//!   socket only; [`redact`] keeps tokens out of everything printed.
 
 pub mod app;
 pub mod cli;

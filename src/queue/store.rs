@@ -608,3 +608,86 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead(id: u64) -> DeadLetter {
+        DeadLetter {
+            id,
+            integration: "a".into(),
+            received_at: 1,
+            failed_at: 2,
+            attempts: 1,
+            status: 400,
+            reason: "refused".into(),
+            response: String::new(),
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_requeued_dead_letter_is_in_the_queue_or_dead_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        let seq = store.reserve_seq(1);
+        store
+            .append(&[("a".into(), seq, b"x".to_vec())], &[])
+            .unwrap();
+        store.move_to_dead("a", seq, &dead(seq), 1).unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (0, 1));
+
+        let again = store.reserve_seq(1);
+        let env = Envelope {
+            received_at: 1,
+            attempts: 0,
+            next_attempt_at: 0,
+            key_hash: 7,
+            payload: b"{}".to_vec(),
+        };
+        store
+            .append_requeue(&[("a".into(), again, env.encode())], &[], &[seq])
+            .unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
+        assert!(store.dead_letter(seq).unwrap().is_none());
+        assert_eq!(store.load_after("a", 0, 10).unwrap().len(), 1);
+
+        // Counters survive a restart: they are rebuilt from what is on disk.
+        store.sync().unwrap();
+        drop(store);
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
+    }
+
+    #[test]
+    fn purge_by_age_and_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        for (seq, failed_at) in [(1, 100), (2, 200), (3, 300)] {
+            store.reserve_seq(1);
+            store
+                .move_to_dead(
+                    "a",
+                    seq,
+                    &DeadLetter {
+                        failed_at,
+                        ..dead(seq)
+                    },
+                    0,
+                )
+                .unwrap();
+        }
+        let old = store.dead_ids_failed_before(None, 250).unwrap();
+        assert_eq!(old, [1, 2]);
+        assert_eq!(
+            store.dead_ids_failed_before(Some("b"), 250).unwrap(),
+            [0u64; 0]
+        );
+        assert_eq!(store.purge_dead(&old).unwrap(), 2);
+        assert_eq!(store.purge_dead(&[1]).unwrap(), 0, "already gone");
+        assert_eq!(store.dead_count(), 1);
+        let left = store.dead_letters_of(Some("a"), 0, 10).unwrap();
+        assert_eq!(left.iter().map(|d| d.id).collect::<Vec<_>>(), [3]);
+    }
+}
