@@ -677,3 +677,99 @@ async fn reload_applies_auth_token_and_body_limit_to_the_listeners_live() {
         .await
     );
 }
+
+/// `oncall-agent run` that inherits `fd` as its one systemd socket (fd 3, LISTEN_FDS=1), the
+/// way systemd hands over a socket unit's socket at each start.
+fn with_inherited_socket(d: &Daemon, fd: std::os::fd::RawFd) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"")
+        .arg("sh")
+        .arg(bin())
+        .args(["run", "--config"])
+        .arg(&d.config_path)
+        .env("RUST_LOG", "oncall_agent=debug,info");
+    // SAFETY: dup2 is async-signal-safe; the child only execs after it.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_an_inherited_socket_refuses_no_connection() {
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let mut d = Daemon::prepare(&format!(
+        "{FAST}{}",
+        integration("a", &oncall.url("formatted_webhook", "A"))
+    ));
+    // The test plays systemd: it holds the listening socket across the daemon's restart.
+    let held = std::net::TcpListener::bind(d.tcp).unwrap();
+    let c = with_inherited_socket(&d, held.as_raw_fd());
+    d.spawn_command(c).await;
+    assert!(
+        d.wait_log("Using sockets passed by systemd.", 1, LONG)
+            .await
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let base = d.base();
+    let sender = tokio::spawn({
+        let done = done.clone();
+        async move {
+            // A new connection for every alert: each one must be answered, none refused.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let mut results = Vec::new();
+            for n in 0..5000 {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = client
+                    .post(format!("{base}/v1/integrations/a/alerts"))
+                    .body(format!(r#"{{"title":"r{n}"}}"#))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string());
+                results.push(r);
+            }
+            results
+        }
+    });
+    assert!(wait_until(LONG, || oncall.accepted().len() >= 5).await);
+    assert_eq!(
+        tokio::task::block_in_place(|| d.stop()),
+        Some(0),
+        "{}",
+        d.logs()
+    );
+    let before = oncall.accepted().len();
+    let c = with_inherited_socket(&d, held.as_raw_fd());
+    d.spawn_command(c).await;
+    assert!(wait_until(LONG, || oncall.accepted().len() >= before + 5).await);
+    done.store(true, Ordering::SeqCst);
+    let results = sender.await.unwrap();
+    let refused: Vec<_> = results.iter().filter(|r| **r != Ok(202)).collect();
+    assert!(refused.is_empty(), "{refused:?}\n{}", d.logs());
+    let sent = results.len();
+    assert!(
+        wait_until(LONG, || oncall.accepted().len() >= sent).await,
+        "{} of {sent}",
+        oncall.accepted().len()
+    );
+    let titles: BTreeSet<String> = titles(&oncall, "A").into_iter().collect();
+    assert_eq!(titles.len(), sent, "every accepted alert arrives");
+}
