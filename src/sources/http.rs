@@ -315,7 +315,15 @@ pub async fn serve_reloadable<L>(
             _ = shutdown.changed() => break,
         };
         let app = apps.borrow().clone();
-        let svc = hyper_util::service::TowerToHyperService::new(app);
+        let inner = hyper_util::service::TowerToHyperService::new(app);
+        // Stores a permit at the first request, so a stop can tell a fresh connection (whose
+        // request may be on its way) from one that has been served.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let seen = first_request.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            seen.notify_one();
+            hyper::service::Service::call(&inner, req)
+        });
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_timeout;
         conns.spawn(async move {
@@ -329,6 +337,15 @@ pub async fn serve_reloadable<L>(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.changed() => {
+                    // A connection accepted just before the stop has not sent its request
+                    // yet; closing it now would refuse a sender the listener already took
+                    // in. It gets until its header deadline to start one, which is then
+                    // answered; a connection that was served before closes when idle.
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = first_request.notified() => {}
+                        _ = tokio::time::sleep(header_timeout) => {}
+                    }
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
