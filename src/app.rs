@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -42,8 +43,31 @@ pub enum AppError {
     Fatal(String),
 }
 
+/// Changes the log filter of the running process (a tracing-subscriber reload handle, set up
+/// by the binary); the error says why the level was not applied.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the binary hands the daemon beyond its config.
+#[derive(Default)]
+pub struct Hooks {
+    /// Applies `log.level` on reload; `None` when logging was set up elsewhere (tests).
+    pub set_log_level: Option<SetLogLevel>,
+}
+
+/// How often STATUS= goes to systemd when no watchdog asks for more often.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+
 /// Runs the daemon until SIGTERM or SIGINT (or `stop`, for tests and embedding).
 pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+    run_with(config, stop, Hooks::default()).await
+}
+
+/// [`run`], with the binary's [`Hooks`].
+pub async fn run_with(
+    config: Config,
+    stop: impl Future<Output = ()> + Send,
+    hooks: Hooks,
+) -> Result<(), AppError> {
     let clock = Clock::system();
     let db_path = config.db_path();
     let (store, quarantined) =
@@ -93,6 +117,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         started: clock.now(),
         max_bytes: config.queue.max_bytes,
         rates: Mutex::new(rates_of(&config)),
+        received: ingest.received().clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,9 +132,19 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         body_timeout: config.listen.body_timeout,
     };
     let servers = start_listeners(&config, state, stop_rx.clone())?;
+    let supervisor = tokio::spawn(supervise(
+        ingest.clone(),
+        control_tx.clone(),
+        reporter.clone(),
+        stop_rx.clone(),
+    ));
     drop(ingest);
 
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let line = reporter.report().one_line();
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&line),
+    ]);
     tracing::info!(
         integrations = config.integrations.len(),
         unresolved = config.unresolved.len(),
@@ -133,6 +168,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
                         resolver.reconfigure(&new);
                         let new = resolver.resolve(new).await;
                         apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
+                        servers.reload(&new);
+                        apply_log_level(&config, &new, &hooks);
                         config = new;
                     }
                     Err(e) => tracing::error!("The new configuration was refused, the old one stays in force: {e}"),
@@ -172,8 +209,16 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     let deadline = config.shutdown_timeout;
-    let Servers { handles, ingest } = servers;
-    drop(ingest);
+    let Servers {
+        handles,
+        ingest,
+        state,
+        routers,
+    } = servers;
+    // The routers hold Ingest handles too.
+    drop((ingest, state, routers));
+    // It holds an Ingest handle too; the writer ends only once every handle is gone.
+    let _ = supervisor.await;
     let _ = tokio::time::timeout(deadline, async {
         for h in handles {
             let _ = h.await;
@@ -236,19 +281,177 @@ async fn apply_reload(
         let d = reporter.store.depth(n);
         tracing::warn!(integration = %n, queued = d.alerts, "Integration removed by reload; its queued alerts are kept and go out if it comes back.");
     }
-    if old.listen.unix != new.listen.unix
-        || old.listen.tcp != new.listen.tcp
-        || old.state_dir != new.state_dir
-    {
-        tracing::warn!("Changes to listen addresses or state_dir take effect at the next restart.");
+    let (o, n) = (&old.listen, &new.listen);
+    let (oq, nq) = (&old.queue, &new.queue);
+    let mut later = Vec::new();
+    for (changed, what) in [
+        (o.unix != n.unix, "listen.unix"),
+        (o.tcp != n.tcp, "listen.tcp"),
+        (o.unix_mode != n.unix_mode, "listen.unix_mode"),
+        (o.unix_group != n.unix_group, "listen.unix_group"),
+        (
+            o.max_connections != n.max_connections,
+            "listen.max_connections",
+        ),
+        (
+            o.header_timeout != n.header_timeout,
+            "listen.header_timeout",
+        ),
+        (old.state_dir != new.state_dir, "state_dir"),
+        (oq.max_bytes != nq.max_bytes, "queue.max_bytes"),
+        (
+            oq.cache_capacity != nq.cache_capacity,
+            "queue.cache_capacity",
+        ),
+        (
+            oq.channel_capacity != nq.channel_capacity,
+            "queue.channel_capacity",
+        ),
+        (oq.batch_max != nq.batch_max, "queue.batch_max"),
+    ] {
+        if changed {
+            later.push(what);
+        }
+    }
+    if !later.is_empty() {
+        tracing::warn!(
+            "Changes to {} take effect at the next restart.",
+            later.join(", ")
+        );
     }
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
+}
+
+/// Applies a changed `log.level`. RUST_LOG, when set, wins over the config (as at start).
+fn apply_log_level(old: &Config, new: &Config, hooks: &Hooks) {
+    if old.log_level == new.log_level {
+        return;
+    }
+    let Some(set) = &hooks.set_log_level else {
+        return;
+    };
+    match set(&new.log_level) {
+        Ok(()) => tracing::info!(level = %new.log_level, "The log level changed."),
+        Err(why) => {
+            tracing::warn!(level = %new.log_level, "The new log level was not applied: {why}.")
+        }
+    }
+}
+
+/// Feeds systemd: STATUS= with the queue's state, and WATCHDOG=1 only while the queue writer
+/// and the dispatcher both answer a ping within half the watchdog interval. A stuck writer
+/// (say, an fsync that never returns) or a wedged dispatcher thus gets the agent restarted
+/// by systemd instead of leaving a daemon that accepts nothing or sends nothing.
+async fn supervise(
+    ingest: Ingest,
+    control: mpsc::Sender<Control>,
+    reporter: Arc<Reporter>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
+        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)));
+    let period = watchdog.map_or(STATUS_PERIOD, |w| w.min(STATUS_PERIOD));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let r = reporter.clone();
+        let line = tokio::task::spawn_blocking(move || r.report().one_line())
+            .await
+            .unwrap_or_default();
+        let Some(limit) = watchdog else {
+            notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
+            continue;
+        };
+        // Both at once: one tick must fit in the watchdog interval even when both are slow.
+        let (writer, sender) = tokio::join!(
+            tokio::time::timeout(limit, ingest.ping()),
+            tokio::time::timeout(limit, async {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                control.send(Control::Ping(tx)).await.ok()?;
+                rx.await.ok()
+            })
+        );
+        match (writer, sender) {
+            (Ok(Ok(())), Ok(Some(()))) => {
+                if failing {
+                    tracing::info!("The queue writer and the dispatcher answer again.");
+                    failing = false;
+                }
+                notify_systemd(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&line),
+                ]);
+            }
+            (w, d) => {
+                if *stop.borrow() {
+                    return;
+                }
+                if !failing {
+                    let who = match (w.is_ok_and(|r| r.is_ok()), d.is_ok_and(|r| r.is_some())) {
+                        (false, false) => "the queue writer and the dispatcher",
+                        (false, true) => "the queue writer",
+                        _ => "the dispatcher",
+                    };
+                    tracing::error!(
+                        "{who} did not answer within {limit:?}; the watchdog is no longer fed, so systemd will restart the agent if it does not recover."
+                    );
+                    failing = true;
+                }
+                let stuck = format!("STUCK: {line}");
+                notify_systemd(&[sd_notify::NotifyState::Status(&stuck)]);
+            }
+        }
+    }
 }
 
 /// The listeners' tasks, and the ingest handle reload uses.
 struct Servers {
     handles: Vec<tokio::task::JoinHandle<()>>,
     ingest: Ingest,
+    /// What the routers are built from, for reload.
+    state: HttpState,
+    /// Each listener's router, replaced on reload: (is it the Unix socket, its router).
+    routers: Vec<(bool, watch::Sender<axum::Router>)>,
+}
+
+impl Servers {
+    /// Builds one listener's router from the config.
+    fn router(state: &HttpState, config: &Config, unix: bool) -> axum::Router {
+        let st = HttpState {
+            ingest: state.ingest.for_source(if unix { "unix" } else { "tcp" }),
+            max_body: config.queue.max_body,
+            body_timeout: config.listen.body_timeout,
+            ..state.clone()
+        };
+        let exposure = if unix {
+            Exposure::Unix
+        } else {
+            Exposure::Tcp {
+                auth_token: config.listen.auth_token.clone(),
+            }
+        };
+        http::router(st, exposure)
+    }
+
+    /// Applies the new config's per-request settings (auth token, body size and deadline) to
+    /// the listeners as they are: new connections get them, open ones finish as they began.
+    fn reload(&self, config: &Config) {
+        for (unix, tx) in &self.routers {
+            let _ = tx.send(Servers::router(&self.state, config, *unix));
+        }
+    }
 }
 
 fn start_listeners(
@@ -262,6 +465,7 @@ fn start_listeners(
     };
     let (inherited_unix, inherited_tcp) = inherited_listeners();
     let mut handles = Vec::new();
+    let mut routers = Vec::new();
     let unix = match (inherited_unix, &config.listen.unix) {
         (Some(l), _) => Some(l),
         (None, Some(path)) => Some(
@@ -278,8 +482,14 @@ fn start_listeners(
         (None, None) => None,
     };
     if let Some(l) = unix {
-        let app = http::router(state.clone(), Exposure::Unix);
-        handles.push(tokio::spawn(http::serve(l, app, limits, stop.clone())));
+        let (tx, apps) = watch::channel(Servers::router(&state, config, true));
+        routers.push((true, tx));
+        handles.push(tokio::spawn(http::serve_reloadable(
+            l,
+            apps,
+            limits,
+            stop.clone(),
+        )));
     }
     let tcp = match (inherited_tcp, config.listen.tcp) {
         (Some(l), _) => Some(l),
@@ -306,17 +516,15 @@ fn start_listeners(
         if let Ok(a) = l.local_addr() {
             tracing::info!(address = %a, "Listening on TCP.");
         }
-        let app = http::router(
-            state.clone(),
-            Exposure::Tcp {
-                auth_token: config.listen.auth_token.clone(),
-            },
-        );
-        handles.push(tokio::spawn(http::serve(l, app, limits, stop)));
+        let (tx, apps) = watch::channel(Servers::router(&state, config, false));
+        routers.push((false, tx));
+        handles.push(tokio::spawn(http::serve_reloadable(l, apps, limits, stop)));
     }
     Ok(Servers {
         handles,
-        ingest: state.ingest,
+        ingest: state.ingest.clone(),
+        state,
+        routers,
     })
 }
 
@@ -406,9 +614,7 @@ async fn report_quarantine(config: &Config, ingest: &Ingest, q: &Quarantined) {
     else {
         return;
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "this host".to_string());
+    let host = hostname().unwrap_or_else(|| "this host".to_string());
     let body = serde_json::json!({
         "title": format!("oncall-agent on {host}: queue database was corrupt"),
         "message": format!(
@@ -430,4 +636,18 @@ async fn report_quarantine(config: &Config, ingest: &Ingest, q: &Quarantined) {
     if let Err(e) = ingest.submit(alert).await {
         tracing::error!("The alert about the corrupt database could not be queued: {e}");
     }
+}
+
+/// The host's name, from gethostname(2): /proc/sys is hidden under the unit's ProcSubset=pid.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // The buffer outlives the call and its length is passed; the name is NUL-terminated when
+    // it fits, and a name that does not fit is cut at the first NUL or the end.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }

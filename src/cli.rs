@@ -40,11 +40,25 @@ impl CliError {
     }
 }
 
+/// The man page's and `--help`'s closing notes: signals, files, exit codes.
+const AFTER_HELP: &str = "\
+Signals (to `run`): SIGHUP reloads the config (a bad one is refused and the old one stays); \
+SIGTERM and SIGINT stop accepting, let deliveries in flight finish within shutdown_timeout, \
+and exit 0.
+
+Files: /etc/oncall-agent/oncall-agent.toml (config), /var/lib/oncall-agent (queue), \
+/run/oncall-agent/agent.sock (ingest, status, metrics and the dead-letter admin API).
+
+Exit codes: 0 ok, 64 usage, 65 data refused, 69 daemon unreachable, 70 internal error, \
+75 try again later, 76 unusable answer from the OnCall API, 77 credential refused by OnCall, \
+78 bad config.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "oncall-agent",
     version,
-    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits"
+    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits",
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
     /// The config file.
@@ -72,6 +86,7 @@ pub enum AlertState {
 pub enum Command {
     /// Run the daemon.
     Run {
+        /// How log lines look: plain (without timestamps under journald) or json for shippers.
         #[arg(long, value_enum, default_value = "plain")]
         log_format: LogFormat,
     },
@@ -100,6 +115,66 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// List, show, retry or purge dead letters (alerts OnCall refused for good). Talks to the
+    /// running daemon over its Unix socket only.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Write the man page and shell completions into a folder (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Folder to write into (created if missing).
+        #[arg(long, default_value = "target/assets")]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Only this integration's.
+        #[arg(long, short)]
+        integration: Option<String>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter: why OnCall refused it, its answer and the alert itself.
+    Show {
+        id: u64,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead letters again (fix the cause first: OnCall refused them once).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Retry {
+        /// The dead letter's id (from `dead list`).
+        id: Option<u64>,
+        /// Every dead letter (with --integration: every one of that integration).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this integration's dead letters.
+        #[arg(long, short, requires = "all")]
+        integration: Option<String>,
+    },
+    /// Delete dead letters for good.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "older_than"])))]
+    Purge {
+        /// The dead letter's id.
+        id: Option<u64>,
+        /// Every dead letter that failed at least this long ago ("7d", "12h").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// With --older-than: only this integration's dead letters.
+        #[arg(long, short, requires = "older_than")]
+        integration: Option<String>,
     },
 }
 
@@ -137,6 +212,11 @@ pub struct SendArgs {
 
 fn load(path: &std::path::Path) -> Result<Config, CliError> {
     Config::load(path).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))
+}
+
+/// The config as the client commands need it: listeners and names, not the secret files.
+fn load_client(path: &std::path::Path) -> Result<Config, CliError> {
+    Config::load_without_secrets(path).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))
 }
 
 /// `check-config`.
@@ -212,7 +292,7 @@ pub fn alert_body(args: &SendArgs, max_body: usize) -> Result<Vec<u8>, CliError>
 
 /// `send`.
 pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), CliError> {
-    let config = load(config_path)?;
+    let config = load_client(config_path)?;
     if !config.integration_names().contains(&args.integration) {
         return Err(CliError::new(
             exit::USAGE,
@@ -252,7 +332,7 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
 
 /// `status`.
 pub async fn status(config_path: &std::path::Path, json: bool) -> Result<(), CliError> {
-    let config = load(config_path)?;
+    let config = load_client(config_path)?;
     let answer = local::request(
         &config,
         hyper::Method::GET,
@@ -521,4 +601,286 @@ pub async fn check_config_online(config_path: &std::path::Path) -> Result<(), Cl
         r.config.integrations.len()
     );
     Ok(())
+}
+
+/// One admin request over the Unix socket; the answer's JSON on 2xx, the reason otherwise.
+async fn admin(
+    config: &Config,
+    method: hyper::Method,
+    path: &str,
+) -> Result<serde_json::Value, CliError> {
+    if config.listen.unix.is_none() {
+        return Err(CliError::new(
+            exit::USAGE,
+            format!(
+                "{}: the admin API is served only on the Unix socket; set listen.unix",
+                config.path.display()
+            ),
+        ));
+    }
+    let answer = local::request(config, method, path, Vec::new(), Duration::from_secs(60))
+        .await
+        .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e} (is the daemon running?)")))?;
+    let value: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    let reason = value
+        .get("error")
+        .and_then(|e| e.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).trim().to_string());
+    match answer.status {
+        200..=299 => Ok(value),
+        404 | 409 | 400 => Err(CliError::new(exit::DATAERR, reason)),
+        503 => Err(CliError::new(exit::TEMPFAIL, reason)),
+        s => Err(CliError::new(
+            exit::SOFTWARE,
+            format!("the agent answered {s}: {reason}"),
+        )),
+    }
+}
+
+fn integration_query(name: &Option<String>) -> Result<String, CliError> {
+    match name {
+        None => Ok(String::new()),
+        Some(n) if crate::config::valid_name(n) => Ok(format!("integration={n}")),
+        Some(n) => Err(CliError::new(
+            exit::USAGE,
+            format!("{n:?} is not an integration name"),
+        )),
+    }
+}
+
+fn when(t: crate::clock::Millis) -> String {
+    if t == 0 {
+        return "-".to_string();
+    }
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(t);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
+    serde_json::from_value(v)
+        .map_err(|e| CliError::new(exit::SOFTWARE, format!("unexpected answer: {e}")))
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| e.to_string())
+    );
+}
+
+/// `dead ...`.
+pub async fn dead(config_path: &std::path::Path, command: DeadCommand) -> Result<(), CliError> {
+    use crate::sources::admin::{DeadList, DeadSummary, PurgeReport, RetryReport};
+    use hyper::Method;
+    let config = load_client(config_path)?;
+    match command {
+        DeadCommand::List {
+            integration,
+            limit,
+            json,
+        } => {
+            let mut q = integration_query(&integration)?;
+            if !q.is_empty() {
+                q.push('&');
+            }
+            let v = admin(&config, Method::GET, &format!("/v1/dead?{q}limit={limit}")).await?;
+            let list: DeadList = decode(v)?;
+            if json {
+                print_json(&list);
+                return Ok(());
+            }
+            println!(
+                "{:>8}  {:<20} {:<20} {:>6} {:>8}  REASON",
+                "ID", "INTEGRATION", "FAILED AT", "STATUS", "ATTEMPTS"
+            );
+            for d in &list.dead_letters {
+                let DeadSummary {
+                    id,
+                    integration,
+                    failed_at,
+                    status,
+                    attempts,
+                    reason,
+                    response,
+                    ..
+                } = d;
+                let answer = response.split_whitespace().collect::<Vec<_>>().join(" ");
+                println!(
+                    "{id:>8}  {integration:<20} {:<20} {status:>6} {attempts:>8}  {reason}{}",
+                    when(*failed_at),
+                    if answer.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {answer}")
+                    }
+                );
+            }
+            println!(
+                "{} shown{}; {} dead letters in all. `oncall-agent dead show ID` shows one.",
+                list.dead_letters.len(),
+                if list.truncated { " (more match)" } else { "" },
+                list.total
+            );
+            Ok(())
+        }
+        DeadCommand::Show { id, json } => {
+            let v = admin(&config, Method::GET, &format!("/v1/dead/{id}")).await?;
+            let d: crate::queue::DeadLetter = decode(v)?;
+            if json {
+                print_json(&d);
+                return Ok(());
+            }
+            println!("id:          {}", d.id);
+            println!("integration: {}", d.integration);
+            println!("received at: {}", when(d.received_at));
+            println!("failed at:   {}", when(d.failed_at));
+            println!("attempts:    {}", d.attempts);
+            println!("status:      {}", d.status);
+            println!("reason:      {}", d.reason);
+            println!("answer:      {}", d.response.trim());
+            // Verbatim: this is what would be sent again.
+            println!("payload ({} bytes):", d.payload.len());
+            println!("{}", d.payload);
+            Ok(())
+        }
+        DeadCommand::Retry {
+            id,
+            all: _,
+            integration,
+        } => {
+            let path = match id {
+                Some(id) => format!("/v1/dead/{id}/retry"),
+                None => format!("/v1/dead/retry?{}", integration_query(&integration)?),
+            };
+            let r: RetryReport = decode(admin(&config, Method::POST, &path).await?)?;
+            for (old, new) in &r.retried {
+                println!("dead letter {old} queued again as {new}");
+            }
+            for s in &r.skipped {
+                eprintln!("dead letter {} left as it is: {}", s.id, s.reason);
+            }
+            println!("{} queued again, {} left", r.retried.len(), r.skipped.len());
+            if let Some(why) = r.stopped {
+                return Err(CliError::new(
+                    exit::TEMPFAIL,
+                    format!("stopped early: {why}; run it again later"),
+                ));
+            }
+            if !r.skipped.is_empty() {
+                return Err(CliError::new(
+                    exit::DATAERR,
+                    "some dead letters could not be queued again (see above)",
+                ));
+            }
+            Ok(())
+        }
+        DeadCommand::Purge {
+            id,
+            older_than,
+            integration,
+        } => {
+            let path = match (id, older_than) {
+                (Some(id), _) => format!("/v1/dead/{id}"),
+                (None, Some(age)) => {
+                    let mut q = integration_query(&integration)?;
+                    if !q.is_empty() {
+                        q.push('&');
+                    }
+                    format!("/v1/dead?{q}older_than={}s", age.as_secs())
+                }
+                (None, None) => {
+                    return Err(CliError::new(exit::USAGE, "give an ID or --older-than"));
+                }
+            };
+            let r: PurgeReport = decode(admin(&config, Method::DELETE, &path).await?)?;
+            println!("{} dead letters purged", r.purged);
+            Ok(())
+        }
+    }
+}
+
+/// `generate-assets`: the man page (`oncall-agent.1`) and completions for bash, zsh and fish,
+/// written from the clap definitions above. The packaged copies live in `assets/`; a test
+/// checks that they match.
+pub fn generate_assets(out_dir: &std::path::Path) -> Result<(), CliError> {
+    let io = |e: std::io::Error| {
+        CliError::new(
+            exit::SOFTWARE,
+            format!("cannot write to {}: {e}", out_dir.display()),
+        )
+    };
+    for (name, bytes) in assets() {
+        let path = out_dir.join(&name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&path, bytes).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Each generated file: its path under the assets folder, and its content. One man page per
+/// command (`oncall-agent.1`, `oncall-agent-dead-retry.1`, ...), as clap_mangen names them.
+pub fn assets() -> Vec<(String, Vec<u8>)> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    fn pages(cmd: clap::Command, out: &mut Vec<(String, Vec<u8>)>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub.clone(), out);
+        }
+        let man = clap_mangen::Man::new(cmd);
+        let mut buf = Vec::new();
+        // Rendering into a Vec cannot fail.
+        let _ = man.render(&mut buf);
+        out.push((format!("man/{}", man.get_filename()), buf));
+    }
+    let mut out = Vec::new();
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    pages(cmd, &mut out);
+    for (shell, name) in [
+        (Shell::Bash, "completions/oncall-agent.bash"),
+        (Shell::Zsh, "completions/_oncall-agent"),
+        (Shell::Fish, "completions/oncall-agent.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "oncall-agent", &mut buf);
+        out.push((name.to_string(), buf));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// The packaged man page and completions (assets/) are what the CLI generates now.
+    #[test]
+    fn packaged_man_page_and_completions_match_the_cli() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+        let fix = "run `cargo run -- generate-assets --out-dir assets`";
+        let mut expected = std::collections::BTreeSet::new();
+        for (name, bytes) in assets() {
+            let on_disk = std::fs::read(dir.join(&name)).unwrap_or_default();
+            assert!(on_disk == bytes, "assets/{name} is out of date: {fix}");
+            expected.insert(name);
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for sub in ["man", "completions"] {
+            for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+                found.insert(format!("{sub}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+        assert_eq!(
+            found, expected,
+            "stale files in assets/: {fix} after removing them"
+        );
+    }
 }

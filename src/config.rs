@@ -510,9 +510,33 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
+            message: describe_toml_error(text, &e),
         })?;
-        Validator { path }.build(raw)
+        Validator {
+            path,
+            read_secrets: true,
+        }
+        .build(raw)
+    }
+
+    /// Like [`Config::load`], but `url_file` and `auth_token_file` are not read: for the CLI's
+    /// client commands (`send`, `status`, `dead`), which need the listeners, not the secrets,
+    /// and run as users who cannot read them (systemd credentials are the unit's alone). The
+    /// URLs of such integrations are placeholders that must never be used to send.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(&text, &e),
+        })?;
+        Validator {
+            path,
+            read_secrets: false,
+        }
+        .build(raw)
     }
 
     pub fn integration(&self, name: &str) -> Option<&Integration> {
@@ -572,7 +596,13 @@ fn default_limits() -> Limits {
 
 struct Validator<'a> {
     path: &'a Path,
+    /// Whether `*_file` secrets are read (see [`Config::load_without_secrets`]).
+    read_secrets: bool,
 }
+
+/// What stands for a secret that was not read.
+const UNREAD_URL: &str = "http://secret-file-not-read.invalid/integrations/v1/unknown/unread/";
+const UNREAD_TOKEN: &str = "auth-token-file-not-read";
 
 impl Validator<'_> {
     fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -585,6 +615,14 @@ impl Validator<'_> {
 
     /// Reads a secret from a file (systemd `LoadCredential=`), trimmed of surrounding space.
     fn read_secret(&self, field: &str, file: &Path) -> Result<String, ConfigError> {
+        if !self.read_secrets {
+            return Ok(if field.ends_with("url_file") {
+                UNREAD_URL
+            } else {
+                UNREAD_TOKEN
+            }
+            .to_string());
+        }
         let file = self.relative(file);
         let text = std::fs::read_to_string(&file)
             .map_err(|e| self.err(field, format!("cannot read {}: {e}", file.display())))?;
@@ -699,6 +737,13 @@ impl Validator<'_> {
             return Err(self.err("listen", "set at least one of listen.unix and listen.tcp"));
         }
         let state_dir = self.relative(&raw.state_dir);
+        let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(self.err(
+                "log.level",
+                format!("{log_level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
+            ));
+        }
         Ok(Config {
             path: self.path.to_owned(),
             state_dir,
@@ -706,7 +751,7 @@ impl Validator<'_> {
             limits,
             delivery,
             queue,
-            log_level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            log_level,
             shutdown_timeout: raw
                 .shutdown_timeout
                 .map(|d| d.0)
@@ -964,6 +1009,39 @@ pub fn warnings(c: &Config) -> Vec<String> {
     w
 }
 
+/// "line L, column C: what is wrong", on one line, without the excerpt of the file that toml
+/// adds: that excerpt can hold an integration URL (a token), and this message reaches the
+/// journal through `check-config` in ExecStartPre/ExecReload and the reload error log.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            // The key (never a value) and its table, so the message names the field.
+            let this_line = text.lines().nth(line - 1).unwrap_or_default();
+            let key = this_line
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !k.starts_with('#'));
+            let table = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+            let field = match (table, key) {
+                (Some(t), Some(k)) => format!(" ({t}.{k})"),
+                (None, Some(k)) => format!(" ({k})"),
+                _ => String::new(),
+            };
+            format!("line {line}, column {column}{field}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// Local names appear in URLs and sled keys: keep them to a safe alphabet.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -1016,6 +1094,15 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
             .to_string();
         assert!(e.contains("/etc/test.toml"), "{e}");
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_and_never_quote_the_file() {
+        let text = MIN.replace("SECRETTOKEN/\"", "SECRETTOKEN/\" trailing");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(!e.contains("SECRETTOKEN"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line 7"), "{e}");
     }
 
     #[test]
@@ -1108,6 +1195,18 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
                 .heartbeat,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn bad_log_level_is_rejected_before_it_reaches_the_logger() {
+        let e = parse(&format!("{MIN}\n[log]\nlevel = \"oncall_agent=loud\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.level"), "{e}");
+        parse(&format!(
+            "{MIN}\n[log]\nlevel = \"oncall_agent=debug,warn\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -1257,6 +1356,21 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         assert!(matches!(e, TokenError::Malformed(_)));
         assert!(!e.to_string().contains("A\u{7}B"));
         assert!(!ApiToken::File(f).describe().contains("SECRET"));
+    }
+
+    #[test]
+    fn client_commands_load_a_config_whose_secret_files_they_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = MIN.replace(
+            "url = \"https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/\"",
+            "url_file = \"/nonexistent/credential\"",
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("integration[0].url_file"), "{e}");
+        let c = Config::load_without_secrets(&path).unwrap();
+        assert_eq!(c.integrations[0].name, "db-prod");
     }
 
     #[test]

@@ -19,8 +19,9 @@
 //! - Every request (alerts, retries, probes) spends the integration's and the org's budget,
 //!   which persist across restarts.
 //! - [`config`] turns TOML into validated types once; [`app`] wires it together and owns
-//!   signals, readiness and shutdown; [`cli`] is the command line; [`status`] and [`metrics`]
-//!   report; [`redact`] keeps tokens out of everything printed.
+//!   signals, reload, readiness, the watchdog and shutdown; [`cli`] is the command line;
+//!   [`status`] and [`metrics`] report; `sources::admin` serves the dead letters on the Unix
+//!   socket only; [`redact`] keeps tokens out of everything printed.
 //! - [`api`] is the OnCall HTTP API (not on an alert's path): `integrations`, `check-config
 //!   --online`, and integrations configured by `id`/`api_name`, resolved by [`app`] before the
 //!   sender starts and kept in sled for when the API is down.

@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         Command::Status { json } => {
             small_runtime().and_then(|rt| rt.block_on(cli::status(&cli.config, json)))
         }
+        Command::Dead { command } => {
+            small_runtime().and_then(|rt| rt.block_on(cli::dead(&cli.config, command)))
+        }
+        Command::GenerateAssets { out_dir } => cli::generate_assets(&out_dir),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
@@ -48,7 +52,7 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
         code: exit::CONFIG,
         message: e.to_string(),
     })?;
-    init_logging(&config.log_level, format);
+    let set_log_level = init_logging(&config.log_level, format);
     for w in oncall_agent::config::warnings(&config) {
         tracing::warn!("{w}");
     }
@@ -60,33 +64,56 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
             code: exit::SOFTWARE,
             message: format!("cannot start: {e}"),
         })?;
-    rt.block_on(oncall_agent::app::run(config, std::future::pending()))
-        .map_err(|e| {
-            tracing::error!("{e}");
-            CliError {
-                code: exit::SOFTWARE,
-                message: e.to_string(),
-            }
-        })
+    let hooks = oncall_agent::app::Hooks {
+        set_log_level: Some(set_log_level),
+    };
+    rt.block_on(oncall_agent::app::run_with(
+        config,
+        std::future::pending(),
+        hooks,
+    ))
+    .map_err(|e| {
+        tracing::error!("{e}");
+        CliError {
+            code: exit::SOFTWARE,
+            message: e.to_string(),
+        }
+    })
 }
 
 /// Plain lines (no timestamps under journald, which adds its own), or JSON. RUST_LOG wins over
-/// the config's level.
-fn init_logging(level: &str, format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+/// the config's level. Returns what changes the level on reload.
+fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLevel {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match (format, journald) {
-        (LogFormat::Json, _) => b.json().init(),
-        (LogFormat::Plain, true) => b.without_time().with_ansi(false).with_target(false).init(),
-        (LogFormat::Plain, false) => {
-            use std::io::IsTerminal;
-            b.with_target(false)
-                .with_ansi(std::io::stderr().is_terminal())
-                .init()
+    let lines = fmt::layer().with_writer(std::io::stderr);
+    let lines = match (format, journald) {
+        (LogFormat::Json, _) => lines.json().boxed(),
+        (LogFormat::Plain, true) => lines
+            .without_time()
+            .with_ansi(false)
+            .with_target(false)
+            .boxed(),
+        (LogFormat::Plain, false) => lines
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .init();
+    Box::new(move |level: &str| {
+        if pinned {
+            return Err("RUST_LOG is set and wins over log.level".to_string());
         }
-    }
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }

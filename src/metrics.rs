@@ -1,8 +1,342 @@
-//! `/metrics` in the Prometheus text format.
+//! `/metrics` in the Prometheus text format (OpenMetrics flavour, as prometheus-client writes
+//! it; Prometheus reads it natively).
+//!
+//! Two kinds of numbers: the `received` counter, which the ingest paths increment as alerts
+//! become durable ([`Received`]), and everything else, read on each scrape from the same
+//! [`StatusReport`] that `/v1/status` answers ([`ReportCollector`]), so the two never disagree.
+//! Every name starts with `oncall_agent_`; counters end in `_total`, durations in `_seconds`.
 
-use crate::status::Reporter;
+use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::Rate;
+use crate::status::{LATENCY_BUCKETS, Reporter, ScopeStatus, StatusReport};
+
+/// The content type of [`render`]'s answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of the received counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceivedLabels {
+    /// "unix", "tcp", "internal" (the agent's own alerts), or a file source's name.
+    pub source: String,
+    pub integration: String,
+}
+
+/// Alerts made durable, by source and integration. Cheap to clone; clones share the counts.
+/// Bounded: sources are a fixed set and integration names are checked before counting.
+#[derive(Clone, Debug, Default)]
+pub struct Received(Family<ReceivedLabels, Counter>);
+
+impl Received {
+    pub fn inc(&self, source: &str, integration: &str) {
+        self.0
+            .get_or_create(&ReceivedLabels {
+                source: source.to_string(),
+                integration: integration.to_string(),
+            })
+            .inc();
+    }
+
+    /// The count for one (source, integration), for tests and status.
+    pub fn get(&self, source: &str, integration: &str) -> u64 {
+        self.0
+            .get(&ReceivedLabels {
+                source: source.to_string(),
+                integration: integration.to_string(),
+            })
+            .map_or(0, |c| c.get())
+    }
+}
+
+/// Renders every metric: the `received` counter and a fresh [`StatusReport`].
 pub fn render(reporter: &Reporter) -> String {
-    let r = reporter.report();
-    format!("# queue bytes {}\n", r.queue_bytes)
+    let mut registry = Registry::with_prefix("oncall_agent");
+    registry.register(
+        "alerts_received",
+        "Alerts accepted and made durable, by source and integration",
+        reporter.received.0.clone(),
+    );
+    registry.register(
+        "build",
+        "Build information",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    registry.register_collector(Box::new(ReportCollector {
+        report: Arc::new(reporter.report()),
+    }));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The metrics derived from one status report.
+#[derive(Debug)]
+struct ReportCollector {
+    report: Arc<StatusReport>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn int(name: &str) -> Labels {
+    vec![("integration", name.to_string())]
+}
+
+/// Encodes one metric family of counters or gauges from `(labels, value)` rows.
+fn family<T: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    rows: Vec<(Labels, T)>,
+) -> Result<(), std::fmt::Error> {
+    // Help ends with a full stop, as the registry writes it for registered metrics.
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, unit, metric_type)?;
+    for (labels, value) in rows {
+        if labels.is_empty() {
+            // `name{} 1` is legal but odd; a metric without labels is written bare.
+            value.encode(m)?;
+            break;
+        }
+        value.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Requests that may still go out in the current window of a budget.
+fn budget_left(s: &ScopeStatus) -> i64 {
+    s.limit
+        .parse::<Rate>()
+        .map_or(0, |r| i64::from(r.count) - s.used as i64)
+        .max(0)
+}
+
+impl Collector for ReportCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = &self.report;
+        let ints = &r.integrations;
+        let counter = |f: &dyn Fn(&crate::status::IntegrationReport) -> u64| {
+            ints.iter()
+                .map(|i| (int(&i.name), ConstCounter::new(f(i))))
+                .collect::<Vec<_>>()
+        };
+        let gauge = |f: &dyn Fn(&crate::status::IntegrationReport) -> i64| {
+            ints.iter()
+                .map(|i| (int(&i.name), ConstGauge::new(f(i))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut enc,
+            "alerts_delivered",
+            "Alerts OnCall accepted (2xx)",
+            None,
+            MetricType::Counter,
+            counter(&|i| i.sender.delivered_total),
+        )?;
+        family(
+            &mut enc,
+            "delivery_retries",
+            "Failed delivery attempts that will be retried (5xx, 408, timeouts, network errors)",
+            None,
+            MetricType::Counter,
+            counter(&|i| i.sender.retried_total),
+        )?;
+        family(
+            &mut enc,
+            "alerts_dead_lettered",
+            "Alerts OnCall refused for good, kept as dead letters",
+            None,
+            MetricType::Counter,
+            counter(&|i| i.sender.dead_lettered_total),
+        )?;
+        let mut limited: Vec<(Labels, ConstCounter)> = ints
+            .iter()
+            .map(|i| {
+                let mut l = vec![("scope", "integration".to_string())];
+                l.extend(int(&i.name));
+                (l, ConstCounter::new(i.sender.budget.rate_limited_total))
+            })
+            .collect();
+        limited.push((
+            vec![("scope", "org".to_string())],
+            ConstCounter::new(r.org.rate_limited_total),
+        ));
+        family(
+            &mut enc,
+            "rate_limited",
+            "429 answers from OnCall, by the budget that ran out",
+            None,
+            MetricType::Counter,
+            limited,
+        )?;
+        family(
+            &mut enc,
+            "queue_alerts",
+            "Alerts waiting in the queue",
+            None,
+            MetricType::Gauge,
+            gauge(&|i| i.depth as i64),
+        )?;
+        family(
+            &mut enc,
+            "queue",
+            "Bytes the waiting alerts take in the queue",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            gauge(&|i| i.bytes as i64),
+        )?;
+        family(
+            &mut enc,
+            "queue_max",
+            "Queue size above which ingest answers 503",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            vec![(Vec::new(), ConstGauge::new(r.queue_max_bytes as i64))],
+        )?;
+        family(
+            &mut enc,
+            "queue_oldest_age",
+            "Age of the oldest waiting alert (0 when none waits)",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            ints.iter()
+                .map(|i| (int(&i.name), ConstGauge::new(i.oldest_age_s.unwrap_or(0.0))))
+                .collect(),
+        )?;
+        family(
+            &mut enc,
+            "dead_letters",
+            "Dead letters kept, waiting for an operator (oncall-agent dead list)",
+            None,
+            MetricType::Gauge,
+            vec![(Vec::new(), ConstGauge::new(r.dead_letters as i64))],
+        )?;
+        family(
+            &mut enc,
+            "in_flight",
+            "Requests to OnCall waiting for an answer",
+            None,
+            MetricType::Gauge,
+            gauge(&|i| i.sender.in_flight as i64),
+        )?;
+        let mut left: Vec<(Labels, ConstGauge)> = ints
+            .iter()
+            .filter(|i| i.sender.configured)
+            .map(|i| {
+                let mut l = vec![("scope", "integration".to_string())];
+                l.extend(int(&i.name));
+                (l, ConstGauge::new(budget_left(&i.sender.budget)))
+            })
+            .collect();
+        left.push((
+            vec![("scope", "org".to_string())],
+            ConstGauge::new(budget_left(&r.org)),
+        ));
+        family(
+            &mut enc,
+            "budget_remaining",
+            "Requests that may still go out in the current rate-limit window",
+            None,
+            MetricType::Gauge,
+            left,
+        )?;
+        let mut paused: Vec<(Labels, ConstGauge)> = ints
+            .iter()
+            .map(|i| {
+                let mut l = vec![("scope", "integration".to_string())];
+                l.extend(int(&i.name));
+                (
+                    l,
+                    ConstGauge::new(i64::from(i.sender.budget.paused_for_s.is_some())),
+                )
+            })
+            .collect();
+        paused.push((
+            vec![("scope", "org".to_string())],
+            ConstGauge::new(i64::from(r.org.paused_for_s.is_some())),
+        ));
+        family(
+            &mut enc,
+            "paused",
+            "1 while sending is paused after a 429",
+            None,
+            MetricType::Gauge,
+            paused,
+        )?;
+        family(
+            &mut enc,
+            "integration_configured",
+            "1 if the integration is in the config; 0 for a removed one whose alerts are kept",
+            None,
+            MetricType::Gauge,
+            gauge(&|i| i64::from(i.sender.configured)),
+        )?;
+        family(
+            &mut enc,
+            "uptime",
+            "Time since the daemon started",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            vec![(Vec::new(), ConstGauge::new(r.uptime_s as i64))],
+        )?;
+
+        let mut m = enc.encode_descriptor(
+            "delivery_latency",
+            "Time from sending an alert to OnCall's 2xx answer.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for i in ints {
+            let labels = int(&i.name);
+            let count = i.sender.delivered_total;
+            // The sender keeps cumulative counts; the encoder wants each bucket's own.
+            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+            let mut below = 0;
+            for (n, le) in LATENCY_BUCKETS.iter().enumerate() {
+                let cum = i.sender.latency_buckets.get(n).copied().unwrap_or(below);
+                buckets.push((*le, cum.saturating_sub(below)));
+                below = cum;
+            }
+            buckets.push((f64::MAX, count.saturating_sub(below)));
+            m.encode_family(&labels)?.encode_histogram::<Labels>(
+                i.sender.latency_sum_s,
+                count,
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_left_reads_the_limit_text() {
+        let s = ScopeStatus {
+            limit: "300/5m".into(),
+            used: 120,
+            ..Default::default()
+        };
+        assert_eq!(budget_left(&s), 180);
+        let spent = ScopeStatus {
+            limit: "10/1m".into(),
+            used: 12,
+            ..Default::default()
+        };
+        assert_eq!(budget_left(&spent), 0);
+    }
 }

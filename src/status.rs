@@ -99,6 +99,8 @@ pub struct Reporter {
     pub max_bytes: u64,
     /// Each configured integration's budget, for drain estimates; replaced on reload.
     pub rates: Mutex<BTreeMap<String, Rate>>,
+    /// Alerts received by source and integration (counted by `queue::Ingest`).
+    pub received: crate::metrics::Received,
 }
 
 impl Reporter {
@@ -169,6 +171,35 @@ pub fn drain_estimate(depth: u64, count: u64, window_s: f64, limit: &str) -> Opt
 }
 
 impl StatusReport {
+    /// One line for systemd's STATUS= (shown by `systemctl status`).
+    pub fn one_line(&self) -> String {
+        let queued: u64 = self.integrations.iter().map(|i| i.depth).sum();
+        let mut s = format!(
+            "{queued} alerts queued ({} bytes), {} dead letters",
+            self.queue_bytes, self.dead_letters
+        );
+        let paused: Vec<&str> = self
+            .integrations
+            .iter()
+            .filter(|i| i.sender.budget.paused_for_s.is_some())
+            .map(|i| i.name.as_str())
+            .collect();
+        if self.org.paused_for_s.is_some() {
+            s.push_str("; PAUSED: organization rate limit");
+        } else if !paused.is_empty() {
+            s.push_str(&format!("; PAUSED: {}", paused.join(", ")));
+        }
+        let failing = self
+            .integrations
+            .iter()
+            .filter(|i| i.sender.last_error.is_some())
+            .count();
+        if failing > 0 {
+            s.push_str(&format!("; {failing} integrations failing"));
+        }
+        s
+    }
+
     /// The `status` CLI's table.
     pub fn table(&self) -> String {
         use std::fmt::Write;
@@ -184,6 +215,13 @@ impl StatusReport {
             self.org.limit,
             scope_line(&self.org)
         );
+        if self.dead_letters > 0 {
+            let _ = writeln!(
+                s,
+                "{} alerts were refused by OnCall and wait as dead letters: oncall-agent dead list",
+                self.dead_letters
+            );
+        }
         let _ = writeln!(
             s,
             "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",

@@ -126,6 +126,8 @@ pub struct Store {
     next_seq: AtomicU64,
     depth: Mutex<BTreeMap<String, Depth>>,
     total_bytes: AtomicU64,
+    /// Dead letters kept (sled's `len` is a full scan, and status asks often).
+    dead_total: AtomicU64,
     /// Woken after every commit that added alerts.
     pub committed: tokio::sync::Notify,
     /// Set once sled reported an I/O error: sled then refuses every later write until the
@@ -264,6 +266,7 @@ impl Store {
             next_seq: AtomicU64::new(1),
             depth: Mutex::new(BTreeMap::new()),
             total_bytes: AtomicU64::new(0),
+            dead_total: AtomicU64::new(0),
             committed: tokio::sync::Notify::new(),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
@@ -296,12 +299,15 @@ impl Store {
             d.last_seq = d.last_seq.max(seq);
             total += v.len() as u64;
         }
+        let mut dead = 0;
         for kv in self.dead.iter().keys() {
             let k = kv?;
+            dead += 1;
             if let Ok(b) = <[u8; 8]>::try_from(&k[..]) {
                 max_seq = max_seq.max(u64::from_be_bytes(b));
             }
         }
+        self.dead_total.store(dead, Ordering::SeqCst);
         self.next_seq.store(max_seq + 1, Ordering::SeqCst);
         *self.depth.lock().expect("depth lock") = depth;
         self.total_bytes.store(total, Ordering::SeqCst);
@@ -406,6 +412,11 @@ impl Store {
             b.insert(k.as_slice(), v.as_slice());
         }
         self.queue.apply_batch(b)?;
+        self.count_appended(alerts);
+        Ok(())
+    }
+
+    fn count_appended(&self, alerts: &[(String, u64, Vec<u8>)]) {
         let mut depth = self.depth.lock().expect("depth lock");
         for (name, seq, value) in alerts {
             let d = depth.entry(name.clone()).or_default();
@@ -415,7 +426,6 @@ impl Store {
             self.total_bytes
                 .fetch_add(value.len() as u64, Ordering::SeqCst);
         }
-        Ok(())
     }
 
     /// Reads metadata written with [`Store::append`].
@@ -504,6 +514,7 @@ impl Store {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        self.dead_total.fetch_add(1, Ordering::SeqCst);
         let mut depth = self.depth.lock().expect("depth lock");
         if let Some(d) = depth.get_mut(integration) {
             d.alerts = d.alerts.saturating_sub(1);
@@ -528,7 +539,113 @@ impl Store {
     }
 
     pub fn dead_count(&self) -> usize {
-        self.dead.len()
+        self.dead_total.load(Ordering::SeqCst) as usize
+    }
+
+    /// Dead letters with an id above `after`, oldest first, of one integration or all; at
+    /// most `limit` of them.
+    pub fn dead_letters_of(
+        &self,
+        integration: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        let Some(start) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for kv in self.dead.range(start.to_be_bytes()..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv?;
+            let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
+                continue;
+            };
+            if integration.is_none_or(|n| n == dl.integration) {
+                out.push(dl);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the dead letters (of one integration, or all) that failed before `before`.
+    pub fn dead_ids_failed_before(
+        &self,
+        integration: Option<&str>,
+        before: Millis,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.dead.iter() {
+            let (_, v) = kv?;
+            let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
+                continue;
+            };
+            if dl.failed_at < before && integration.is_none_or(|n| n == dl.integration) {
+                out.push(dl.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One dead letter.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self.dead.get(id.to_be_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+        }
+    }
+
+    /// Removes dead letters for good (an operator's purge); returns how many existed. Synced:
+    /// a purge that comes back after a crash would surprise whoever ordered it.
+    pub fn purge_dead(&self, ids: &[u64]) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for id in ids {
+            if self.dead.remove(id.to_be_bytes())?.is_some() {
+                removed += 1;
+            }
+        }
+        self.dead_total.fetch_sub(
+            removed.min(self.dead_total.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        self.sync()?;
+        Ok(removed)
+    }
+
+    /// Like [`Store::append`], and removes the dead letters `undead` in the same transaction:
+    /// a retried dead letter is either back in the queue or still dead, never both, never
+    /// neither. Does not sync.
+    pub fn append_requeue(
+        &self,
+        alerts: &[(String, u64, Vec<u8>)],
+        meta: &[(Vec<u8>, Vec<u8>)],
+        undead: &[u64],
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let removed = (&self.queue, &self.dead)
+            .transaction(|(q, d)| {
+                for (name, seq, value) in alerts {
+                    q.insert(alert_key(name, *seq), value.as_slice())?;
+                }
+                for (k, v) in meta {
+                    q.insert(k.as_slice(), v.as_slice())?;
+                }
+                let mut removed = 0u64;
+                for id in undead {
+                    if d.remove(&id.to_be_bytes())?.is_some() {
+                        removed += 1;
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
+            })
+            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
+        self.dead_total.fetch_sub(
+            removed.min(self.dead_total.load(Ordering::SeqCst)),
+            Ordering::SeqCst,
+        );
+        self.count_appended(alerts);
+        Ok(())
     }
 
     pub fn depth(&self, integration: &str) -> Depth {
@@ -567,5 +684,88 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead(id: u64) -> DeadLetter {
+        DeadLetter {
+            id,
+            integration: "a".into(),
+            received_at: 1,
+            failed_at: 2,
+            attempts: 1,
+            status: 400,
+            reason: "refused".into(),
+            response: String::new(),
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_requeued_dead_letter_is_in_the_queue_or_dead_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        let seq = store.reserve_seq(1);
+        store
+            .append(&[("a".into(), seq, b"x".to_vec())], &[])
+            .unwrap();
+        store.move_to_dead("a", seq, &dead(seq), 1).unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (0, 1));
+
+        let again = store.reserve_seq(1);
+        let env = Envelope {
+            received_at: 1,
+            attempts: 0,
+            next_attempt_at: 0,
+            key_hash: 7,
+            payload: b"{}".to_vec(),
+        };
+        store
+            .append_requeue(&[("a".into(), again, env.encode())], &[], &[seq])
+            .unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
+        assert!(store.dead_letter(seq).unwrap().is_none());
+        assert_eq!(store.load_after("a", 0, 10).unwrap().len(), 1);
+
+        // Counters survive a restart: they are rebuilt from what is on disk.
+        store.sync().unwrap();
+        drop(store);
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
+    }
+
+    #[test]
+    fn purge_by_age_and_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        for (seq, failed_at) in [(1, 100), (2, 200), (3, 300)] {
+            store.reserve_seq(1);
+            store
+                .move_to_dead(
+                    "a",
+                    seq,
+                    &DeadLetter {
+                        failed_at,
+                        ..dead(seq)
+                    },
+                    0,
+                )
+                .unwrap();
+        }
+        let old = store.dead_ids_failed_before(None, 250).unwrap();
+        assert_eq!(old, [1, 2]);
+        assert_eq!(
+            store.dead_ids_failed_before(Some("b"), 250).unwrap(),
+            [0u64; 0]
+        );
+        assert_eq!(store.purge_dead(&old).unwrap(), 2);
+        assert_eq!(store.purge_dead(&[1]).unwrap(), 0, "already gone");
+        assert_eq!(store.dead_count(), 1);
+        let left = store.dead_letters_of(Some("a"), 0, 10).unwrap();
+        assert_eq!(left.iter().map(|d| d.id).collect::<Vec<_>>(), [3]);
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::envelope::Envelope;
 use super::store::Store;
 use crate::clock::Clock;
+use crate::metrics::Received;
 
 /// One alert on its way into the queue.
 #[derive(Debug, Clone)]
@@ -42,10 +43,13 @@ pub enum IngestError {
     Closed,
 }
 
-/// One commit unit: alerts plus metadata that must land with them (a file offset).
+/// One commit unit: alerts plus metadata that must land with them (a file offset). A request
+/// with nothing in it is a liveness ping (the watchdog's), answered without writing.
 struct WriteReq {
     alerts: Vec<Alert>,
     meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Dead letters these alerts replace (an operator's retry), removed in the same transaction.
+    undead: Vec<u64>,
     reply: oneshot::Sender<Result<Vec<u64>, IngestError>>,
 }
 
@@ -58,6 +62,10 @@ pub struct Ingest {
     integrations: Arc<RwLock<HashSet<String>>>,
     max_bytes: u64,
     capacity: usize,
+    /// Which source this handle belongs to, for the `received` counter (see [`Ingest::for_source`]).
+    source: &'static str,
+    /// Alerts made durable, by source and integration (shared by every clone).
+    received: Received,
 }
 
 /// Tuning of the writer.
@@ -92,9 +100,25 @@ impl Ingest {
                 integrations: Arc::new(RwLock::new(integrations.into_iter().collect())),
                 max_bytes: cfg.max_bytes,
                 capacity: cfg.channel_capacity,
+                source: "internal",
+                received: Received::default(),
             },
             handle,
         ))
+    }
+
+    /// A handle whose alerts count as received from `source` ("unix", "tcp", "file", ...);
+    /// alerts the agent makes itself count as "internal".
+    pub fn for_source(&self, source: &'static str) -> Ingest {
+        Ingest {
+            source,
+            ..self.clone()
+        }
+    }
+
+    /// The received-alerts counter, for the metrics registry.
+    pub fn received(&self) -> &Received {
+        &self.received
     }
 
     pub fn knows(&self, name: &str) -> bool {
@@ -133,10 +157,12 @@ impl Ingest {
                 max: self.max_bytes,
             });
         }
+        let counted: Vec<String> = alerts.iter().map(|a| a.integration.clone()).collect();
         let (reply, rx) = oneshot::channel();
         let req = WriteReq {
             alerts,
             meta,
+            undead: Vec::new(),
             reply,
         };
         if wait {
@@ -147,7 +173,53 @@ impl Ingest {
                 mpsc::error::TrySendError::Closed(_) => IngestError::Closed,
             })?;
         }
+        let ids = rx.await.map_err(|_| IngestError::Closed)??;
+        for name in counted {
+            self.received.inc(self.source, &name);
+        }
+        Ok(ids)
+    }
+
+    /// Puts dead letters back in the queue: each `(dead id, alert)` becomes a new queued alert
+    /// and its dead letter is removed in the same transaction, once it is durable. Waits for
+    /// room in the writer's channel (an operator's command, not a hot path).
+    pub async fn requeue(&self, items: Vec<(u64, Alert)>) -> Result<Vec<u64>, IngestError> {
+        for (_, a) in &items {
+            if !self.knows(&a.integration) {
+                return Err(IngestError::UnknownIntegration(a.integration.clone()));
+            }
+        }
+        let used = self.store.total_bytes();
+        if used >= self.max_bytes {
+            return Err(IngestError::QueueFull {
+                used,
+                max: self.max_bytes,
+            });
+        }
+        let (undead, alerts) = items.into_iter().unzip();
+        let (reply, rx) = oneshot::channel();
+        let req = WriteReq {
+            alerts,
+            meta: Vec::new(),
+            undead,
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
         rx.await.map_err(|_| IngestError::Closed)?
+    }
+
+    /// Answers once the writer thread has taken a request off its channel: proof for the
+    /// watchdog that it is alive and not stuck (e.g. in an fsync that never returns).
+    pub async fn ping(&self) -> Result<(), IngestError> {
+        let (reply, rx) = oneshot::channel();
+        let req = WriteReq {
+            alerts: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
+        rx.await.map_err(|_| IngestError::Closed)?.map(|_| ())
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -216,8 +288,13 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, cl
     let mut used = store.total_bytes();
     let mut rows = Vec::new();
     let mut meta = Vec::new();
+    let mut undead = Vec::new();
     let mut accepted = Vec::new();
     for req in group.drain(..) {
+        if req.alerts.is_empty() && req.meta.is_empty() && req.undead.is_empty() {
+            let _ = req.reply.send(Ok(Vec::new()));
+            continue;
+        }
         let envs: Vec<Vec<u8>> = req
             .alerts
             .iter()
@@ -248,12 +325,18 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, cl
             rows.push((a.integration.clone(), *id, env));
         }
         meta.extend(req.meta);
+        undead.extend(req.undead);
         accepted.push((req.reply, ids));
     }
     if accepted.is_empty() {
         return;
     }
-    let result = store.append(&rows, &meta).and_then(|()| store.sync());
+    let written = if undead.is_empty() {
+        store.append(&rows, &meta)
+    } else {
+        store.append_requeue(&rows, &meta, &undead)
+    };
+    let result = written.and_then(|()| store.sync());
     match result {
         Ok(()) => {
             for (reply, ids) in accepted {

@@ -99,6 +99,8 @@ impl SenderConfig {
 #[derive(Debug)]
 pub enum Control {
     Reload(SenderConfig),
+    /// Answered from the loop itself: the watchdog's proof that the dispatcher still turns.
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +307,7 @@ impl Dispatcher {
                 }
                 Some(c) = control.recv() => match c {
                     Control::Reload(cfg) => self.apply(cfg),
+                    Control::Ping(reply) => { let _ = reply.send(()); }
                 },
                 _ = self.store.committed.notified() => {}
                 _ = sleep => {}

@@ -54,7 +54,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -157,10 +157,7 @@ async fn status(State(st): State<HttpState>) -> Response {
 
 async fn metrics(State(st): State<HttpState>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::render(&st.reporter),
     )
         .into_response()
@@ -287,9 +284,19 @@ pub struct ConnLimits {
 
 /// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, lets each
 /// open connection finish its request, and returns when they are all closed.
-pub async fn serve<L>(
+pub async fn serve<L>(listener: L, app: Router, limits: ConnLimits, shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+{
+    let (_fixed, apps) = watch::channel(app);
+    serve_reloadable(listener, apps, limits, shutdown).await
+}
+
+/// [`serve`], with the router taken anew for each connection from `apps`: a reload swaps in
+/// a router with new settings (auth token, body limits) on the same listening socket.
+pub async fn serve_reloadable<L>(
     mut listener: L,
-    app: Router,
+    apps: watch::Receiver<Router>,
     limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -307,7 +314,16 @@ pub async fn serve<L>(
             (io, _) = listener.accept() => io,
             _ = shutdown.changed() => break,
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = apps.borrow().clone();
+        let inner = hyper_util::service::TowerToHyperService::new(app);
+        // Stores a permit at the first request, so a stop can tell a fresh connection (whose
+        // request may be on its way) from one that has been served.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let seen = first_request.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            seen.notify_one();
+            hyper::service::Service::call(&inner, req)
+        });
         let mut stop = shutdown.clone();
         let header_timeout = limits.header_timeout;
         conns.spawn(async move {
@@ -321,6 +337,15 @@ pub async fn serve<L>(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.changed() => {
+                    // A connection accepted just before the stop has not sent its request
+                    // yet; closing it now would refuse a sender the listener already took
+                    // in. It gets until its header deadline to start one, which is then
+                    // answered; a connection that was served before closes when idle.
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = first_request.notified() => {}
+                        _ = tokio::time::sleep(header_timeout) => {}
+                    }
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

@@ -277,6 +277,13 @@ pub fn bin() -> &'static str {
 impl Daemon {
     /// Writes a config (`extra` is appended: integrations, limits, ...) and starts the daemon.
     pub async fn start(extra: &str) -> Daemon {
+        let mut d = Daemon::prepare(extra);
+        d.spawn().await;
+        d
+    }
+
+    /// Writes the config like [`Daemon::start`] but starts nothing (for custom launches).
+    pub fn prepare(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let tcp = free_port();
         let socket = dir.path().join("run/agent.sock");
@@ -287,16 +294,24 @@ impl Daemon {
             socket.display()
         );
         std::fs::write(&config_path, text).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             config_path,
             tcp,
             socket,
             child: None,
             runs: 0,
-        };
-        d.spawn().await;
-        d
+        }
+    }
+
+    /// `oncall-agent run` with this daemon's config, logging at debug unless RUST_LOG is
+    /// removed from the command.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "oncall_agent=debug,info");
+        c
     }
 
     /// Rewrites the config file (for reload tests).
@@ -323,12 +338,16 @@ impl Daemon {
 
     /// Starts the binary and waits until it answers /healthz.
     pub async fn spawn(&mut self) {
+        let c = self.command();
+        self.spawn_command(c).await;
+    }
+
+    /// Starts `command` (the daemon, or something that becomes it by exec, so that its pid is
+    /// the daemon's) with output to the next log file, and waits until /healthz answers.
+    pub async fn spawn_command(&mut self, mut command: Command) {
         let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
         self.runs += 1;
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env("RUST_LOG", "oncall_agent=debug,info")
+        let child = command
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -435,6 +454,42 @@ impl Daemon {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
+
+    /// GET /metrics over TCP.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the logs contain `text` `n` times or more.
+    pub async fn wait_log(&self, text: &str, n: usize, deadline: Duration) -> bool {
+        wait_until(deadline, || self.logs().matches(text).count() >= n).await
+    }
+
+    /// One HTTP request over the Unix socket (curl, as the README shows); (status, body).
+    pub fn unix_request(&self, method: &str, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
+            .arg(&self.socket)
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+/// The value of the sample `series` (name with labels, exactly as printed) in a /metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 impl Drop for Daemon {
