@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -236,11 +237,28 @@ struct RunResult {
     latencies: Vec<u32>,
     rss_idle: Option<u64>,
     rss_peak: Option<u64>,
+    /// CPU used during the measured window, in cores (1.0 = one core busy throughout).
+    cpu: CpuUse,
+}
+
+/// CPU use over a run's measured window, in cores.
+#[derive(Debug, Default, Clone, Copy)]
+struct CpuUse {
+    /// The server under test (NaN when its pid is unknown).
+    server: f64,
+    /// This load generator.
+    client: f64,
+    /// Everything else on the machine (other users, the kernel's own threads).
+    others: f64,
 }
 
 impl RunResult {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    /// Server CPU per accepted alert, microseconds.
+    fn server_us_per_alert(&self) -> f64 {
+        self.cpu.server * self.elapsed.as_secs_f64() * 1e6 / self.ok.max(1) as f64
     }
     fn quantile_ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
@@ -301,13 +319,21 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
                             Endpoint::Unix(server.unix.clone().context("no Unix socket")?)
                         }
                     };
-                    let mut r =
-                        drive(&endpoint, clients, args, &body, &server.integration, target).await;
+                    let mut r = drive(
+                        &endpoint,
+                        clients,
+                        args,
+                        &body,
+                        &server.integration,
+                        target,
+                        server.pid,
+                    )
+                    .await;
                     r.transport = transport;
                     r.rss_idle = rss_idle;
                     r.rss_peak = server.pid.and_then(|p| proc_status(p).map(|s| s.hwm));
                     eprintln!(
-                        "run {run_no} (rep {}): {:<5} {:<4} {:>2} clients: {:>8.0} alerts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  errors {}{}",
+                        "run {run_no} (rep {}): {:<5} {:<4} {:>2} clients: {:>8.0} alerts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  cpu server {:.2} client {:.2} others {:.2}  errors {}{}",
                         rep + 1,
                         target.name(),
                         transport.name(),
@@ -316,6 +342,9 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
                         r.quantile_ms(0.50),
                         r.quantile_ms(0.99),
                         r.quantile_ms(1.0),
+                        r.cpu.server,
+                        r.cpu.client,
+                        r.cpu.others,
                         r.errors,
                         r.first_error
                             .as_deref()
@@ -402,6 +431,8 @@ impl Server {
             Target::Agent => {
                 let config = dir.join("agent.toml");
                 std::fs::write(&config, agent_config(dir, tcp, &unix, args)?)?;
+                // Readable by us alone, as the agent asks of a file holding URLs.
+                std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
                 let mut c = Command::new(agent_bin);
                 c.arg("--config").arg(&config).arg("run");
                 c
@@ -568,6 +599,65 @@ fn proc_status(pid: u32) -> Option<ProcMem> {
         rss: field("VmRSS:")?,
         hwm: field("VmHWM:")?,
     })
+}
+
+/// CPU counters at one moment, in clock ticks.
+struct CpuSnap {
+    at: Instant,
+    server: Option<u64>,
+    client: u64,
+    /// Busy time of every CPU of the machine (/proc/stat: all but idle and iowait).
+    machine: u64,
+}
+
+impl CpuSnap {
+    fn take(pid: Option<u32>) -> CpuSnap {
+        let proc_ticks = |path: &str| -> Option<u64> {
+            let text = std::fs::read_to_string(path).ok()?;
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = &text[text.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        };
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| {
+                let line = t.lines().next()?.to_string();
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
+            })
+            .unwrap_or(0);
+        CpuSnap {
+            at: Instant::now(),
+            server: pid.and_then(|p| proc_ticks(&format!("/proc/{p}/stat"))),
+            client: proc_ticks("/proc/self/stat").unwrap_or(0),
+            machine,
+        }
+    }
+
+    fn since(&self, start: &CpuSnap) -> CpuUse {
+        // sysconf only reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let secs = self.at.duration_since(start.at).as_secs_f64().max(1e-9);
+        let cores = |ticks: u64| ticks as f64 / hz / secs;
+        let server = match (self.server, start.server) {
+            (Some(b), Some(a)) => cores(b.saturating_sub(a)),
+            _ => f64::NAN,
+        };
+        let client = cores(self.client.saturating_sub(start.client));
+        let machine = cores(self.machine.saturating_sub(start.machine));
+        CpuUse {
+            server,
+            client,
+            others: (machine - client - if server.is_nan() { 0.0 } else { server }).max(0.0),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -762,6 +852,7 @@ async fn drive(
     body: &Arc<Vec<u8>>,
     integration: &str,
     target: Target,
+    pid: Option<u32>,
 ) -> RunResult {
     let path: Arc<str> = format!("/v1/integrations/{integration}/alerts").into();
     // Connect everyone first, so the measured window holds requests only.
@@ -783,6 +874,14 @@ async fn drive(
         end: start + args.warmup + args.duration,
         budget: args.requests.map(|n| AtomicI64::new(n as i64)),
     });
+    // CPU is read when the measured window opens and once every client is done.
+    let cpu_start = {
+        let at = plan.measure_from;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            CpuSnap::take(pid)
+        })
+    };
     let per_client_samples = MAX_SAMPLES / clients.max(1);
     let mut tasks = tokio::task::JoinSet::new();
     for (id, sender) in senders.into_iter().enumerate() {
@@ -803,6 +902,10 @@ async fn drive(
         total.latencies.extend(r.latencies);
         total.last_done = total.last_done.max(r.last_done);
     }
+    let cpu = match cpu_start.await {
+        Ok(start) => CpuSnap::take(pid).since(&start),
+        Err(_) => CpuUse::default(),
+    };
     total.latencies.sort_unstable();
     let elapsed = match (args.requests, total.last_done) {
         (Some(_), Some(t)) if t < plan.end => t.saturating_duration_since(plan.measure_from),
@@ -819,6 +922,7 @@ async fn drive(
         latencies: total.latencies,
         rss_idle: None,
         rss_peak: None,
+        cpu,
     }
 }
 
@@ -948,6 +1052,8 @@ struct Cell {
     max: f64,
     rss_idle: f64,
     rss_peak: f64,
+    us_per_alert: f64,
+    cpu: CpuUse,
     errors: u64,
 }
 
@@ -974,6 +1080,12 @@ fn print_report(args: &Args, results: &[RunResult]) {
                     .fold(f64::NAN, f64::max),
                 rss_idle: m(&|r| r.rss_idle.map_or(f64::NAN, |b| b as f64)),
                 rss_peak: m(&|r| r.rss_peak.map_or(f64::NAN, |b| b as f64)),
+                us_per_alert: m(&|r| r.server_us_per_alert()),
+                cpu: CpuUse {
+                    server: m(&|r| r.cpu.server),
+                    client: m(&|r| r.cpu.client),
+                    others: m(&|r| r.cpu.others),
+                },
                 errors: rs.iter().map(|r| r.errors).sum(),
             };
             (k, cell)
@@ -1015,9 +1127,9 @@ fn print_report(args: &Args, results: &[RunResult]) {
     );
     println!();
     println!(
-        "| transport | clients | target | alerts/s | vs noop | vs fsync | p50 ms | p99 ms | max ms | RSS idle MiB | RSS peak MiB | errors |"
+        "| transport | clients | target | alerts/s | vs noop | vs fsync | p50 ms | p99 ms | max ms | server CPU µs/alert | cores: server / load / others | RSS idle MiB | RSS peak MiB | errors |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((transport, clients, target), c) in &summary {
         let ratio = |base: Target| {
             summary
@@ -1026,7 +1138,7 @@ fn print_report(args: &Args, results: &[RunResult]) {
                 .map_or("-".to_string(), |b| format!("{:.2}x", c.rate / b.rate))
         };
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {} | {} |",
             transport.name(),
             clients,
             target.name(),
@@ -1036,6 +1148,10 @@ fn print_report(args: &Args, results: &[RunResult]) {
             c.p50,
             c.p99,
             c.max,
+            c.us_per_alert,
+            c.cpu.server,
+            c.cpu.client,
+            c.cpu.others,
             mib(c.rss_idle),
             mib(c.rss_peak),
             c.errors,
