@@ -101,6 +101,10 @@ struct Args {
     /// target/release/oncall-agent after `cargo build --release`).
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// A second daemon binary (say, a candidate change), driven right after `agent` in every
+    /// round as target `agent-b`, so before and after are measured in the same run.
+    #[arg(long)]
+    agent_bin_b: Option<PathBuf>,
     /// Set `queue.batch_max` in the agent's temp config (default: the agent's default).
     #[arg(long)]
     batch_max: Option<usize>,
@@ -146,6 +150,9 @@ enum Target {
     Noop,
     Fsync,
     Agent,
+    /// `--agent-bin-b`: added after `agent`, never named on the command line.
+    #[value(skip)]
+    AgentB,
 }
 
 impl Target {
@@ -154,6 +161,7 @@ impl Target {
             Target::Noop => "noop",
             Target::Fsync => "fsync",
             Target::Agent => "agent",
+            Target::AgentB => "agent-b",
         }
     }
 }
@@ -237,6 +245,8 @@ struct RunResult {
     latencies: Vec<u32>,
     rss_idle: Option<u64>,
     rss_peak: Option<u64>,
+    /// RSS `--settle` after the load ended: what the daemon keeps once it has worked.
+    rss_after: Option<u64>,
     /// CPU used during the measured window, in cores (1.0 = one core busy throughout).
     cpu: CpuUse,
 }
@@ -290,6 +300,15 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
             agent_bin.display()
         );
     }
+    let mut targets = args.targets.clone();
+    if let Some(b) = &args.agent_bin_b {
+        if !b.is_file() {
+            bail!("{} does not exist (--agent-bin-b)", b.display());
+        }
+        if let Some(i) = targets.iter().position(|t| *t == Target::Agent) {
+            targets.insert(i + 1, Target::AgentB);
+        }
+    }
     let me = std::env::current_exe().context("locating this example's binary")?;
     let tmp = tempfile::Builder::new()
         .prefix("oncall-load-")
@@ -303,13 +322,17 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
         for &clients in &args.clients {
             for &transport in &args.transports {
                 // Targets back to back, so each ratio compares runs under the same background.
-                for &target in &args.targets {
+                for &target in &targets {
                     run_no += 1;
                     let dir = tmp.path().join(format!("run-{run_no}"));
                     let server = if target == Target::Agent && external {
                         Server::external(args)?
                     } else {
-                        Server::start(target, &dir, &agent_bin, &me, args).await?
+                        let bin = match (target, &args.agent_bin_b) {
+                            (Target::AgentB, Some(b)) => b.as_path(),
+                            _ => agent_bin.as_path(),
+                        };
+                        Server::start(target, &dir, bin, &me, args).await?
                     };
                     tokio::time::sleep(args.settle).await;
                     let rss_idle = server.pid.and_then(|p| proc_status(p).map(|s| s.rss));
@@ -332,6 +355,8 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
                     r.transport = transport;
                     r.rss_idle = rss_idle;
                     r.rss_peak = server.pid.and_then(|p| proc_status(p).map(|s| s.hwm));
+                    tokio::time::sleep(args.settle).await;
+                    r.rss_after = server.pid.and_then(|p| proc_status(p).map(|s| s.rss));
                     eprintln!(
                         "run {run_no} (rep {}): {:<5} {:<4} {:>2} clients: {:>8.0} alerts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  cpu server {:.2} client {:.2} others {:.2}  errors {}{}",
                         rep + 1,
@@ -428,7 +453,7 @@ impl Server {
         let state = dir.join("state");
         let log = dir.join("server.log");
         let mut cmd = match target {
-            Target::Agent => {
+            Target::Agent | Target::AgentB => {
                 let config = dir.join("agent.toml");
                 std::fs::write(&config, agent_config(dir, tcp, &unix, args)?)?;
                 // Readable by us alone, as the agent asks of a file holding URLs.
@@ -690,7 +715,9 @@ fn serve_baseline(kind: Target, tcp: SocketAddr, unix: &Path, state: &Path) -> a
                     .route("/v1/integrations/{name}/alerts", post(fsync_alert))
                     .with_state(st)
             }
-            Target::Agent => bail!("the agent is the real binary, not a baseline"),
+            Target::Agent | Target::AgentB => {
+                bail!("the agent is the real binary, not a baseline")
+            }
         };
         let app = app.route("/healthz", get(|| async { "ok\n" }));
         // The agent's defaults (config.rs): 1024 connections, 10 s header deadline.
@@ -922,6 +949,7 @@ async fn drive(
         latencies: total.latencies,
         rss_idle: None,
         rss_peak: None,
+        rss_after: None,
         cpu,
     }
 }
@@ -1052,6 +1080,7 @@ struct Cell {
     max: f64,
     rss_idle: f64,
     rss_peak: f64,
+    rss_after: f64,
     us_per_alert: f64,
     cpu: CpuUse,
     errors: u64,
@@ -1080,6 +1109,7 @@ fn print_report(args: &Args, results: &[RunResult]) {
                     .fold(f64::NAN, f64::max),
                 rss_idle: m(&|r| r.rss_idle.map_or(f64::NAN, |b| b as f64)),
                 rss_peak: m(&|r| r.rss_peak.map_or(f64::NAN, |b| b as f64)),
+                rss_after: m(&|r| r.rss_after.map_or(f64::NAN, |b| b as f64)),
                 us_per_alert: m(&|r| r.server_us_per_alert()),
                 cpu: CpuUse {
                     server: m(&|r| r.cpu.server),
@@ -1125,11 +1155,15 @@ fn print_report(args: &Args, results: &[RunResult]) {
         args.body_bytes,
         args.client_threads.max(1)
     );
+    println!(
+        "alerts/s counts 202 answers; vs noop/fsync divide it by that baseline's in the same row group. Latency is from sending a request to having its whole answer. cores: CPU used during the measured window by the server, by this load generator, and by everything else on the machine. RSS: after start ({:?} idle), peak (VmHWM), and {:?} after the load.",
+        args.settle, args.settle
+    );
     println!();
     println!(
-        "| transport | clients | target | alerts/s | vs noop | vs fsync | p50 ms | p99 ms | max ms | server CPU µs/alert | cores: server / load / others | RSS idle MiB | RSS peak MiB | errors |"
+        "| transport | clients | target | alerts/s | vs noop | vs fsync | p50 ms | p99 ms | max ms | server CPU µs/alert | cores: server / load / others | RSS idle / peak / after MiB | errors |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((transport, clients, target), c) in &summary {
         let ratio = |base: Target| {
             summary
@@ -1138,7 +1172,7 @@ fn print_report(args: &Args, results: &[RunResult]) {
                 .map_or("-".to_string(), |b| format!("{:.2}x", c.rate / b.rate))
         };
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {} / {} / {} | {} |",
             transport.name(),
             clients,
             target.name(),
@@ -1154,10 +1188,26 @@ fn print_report(args: &Args, results: &[RunResult]) {
             c.cpu.others,
             mib(c.rss_idle),
             mib(c.rss_peak),
+            mib(c.rss_after),
             c.errors,
         );
     }
     println!();
+    for ((transport, clients, target), c) in &summary {
+        if *target != Target::AgentB {
+            continue;
+        }
+        if let Some(a) = summary.get(&(*transport, *clients, Target::Agent)) {
+            println!(
+                "agent-b / agent, {} with {clients} clients: alerts/s {:.2}x, server CPU per alert {:.2}x, p50 {:.2}x, p99 {:.2}x",
+                transport.name(),
+                c.rate / a.rate,
+                c.us_per_alert / a.us_per_alert,
+                c.p50 / a.p50,
+                c.p99 / a.p99,
+            );
+        }
+    }
     for transport in &args.transports {
         if let Some(c) = summary.get(&(*transport, 64, Target::Agent)) {
             let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
