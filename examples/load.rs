@@ -1,11 +1,16 @@
 //! Ingest load tool: drives N concurrent keep-alive clients at a real `oncall-agent` over the
 //! loopback TCP port and the Unix socket, drives the same load at two baselines in the same
-//! run, and prints alerts/s, ack latency (p50/p99/max) and each server's RSS.
+//! run, and prints alerts/s, ack latency (p50/p99/max), CPU per alert and each server's RSS.
 //!
 //! ```text
 //! cargo build --release
-//! cargo run --release --example load -- --clients 1,8,64 --duration 5s --repeat 3
+//! cargo run --release --example load -- --clients 1,8,64 --duration 5s --repeat 5
 //! ```
+//!
+//! The machine is shared and noisy, so every figure comes with baselines from the same round,
+//! and each run reports the CPU used by the server, by this tool and by everything else.
+//! `--agent-bin-b` drives a second build in the same rounds (before/after a change);
+//! `--connect-tcp`/`--connect-unix`/`--pid` drive a daemon that is already running.
 //!
 //! Targets, each its own process, started fresh (with an empty temp state dir) for every run:
 //! - `agent`: `target/release/oncall-agent run` with a temp config whose one integration points
@@ -20,7 +25,8 @@
 //!
 //! Everything is bounded: a run lasts `--warmup` + `--duration` (or until `--requests` answers),
 //! a request has a 10 s deadline, servers get SIGTERM then SIGKILL, and the temp dir is removed
-//! at the end, also on Ctrl-C. Traffic goes only to 127.0.0.1 and to sockets in the temp dir.
+//! at the end, also on Ctrl-C (servers also get SIGTERM if this tool is killed). Traffic goes
+//! only to 127.0.0.1 (`--connect-tcp` must be loopback) and to Unix sockets.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -348,11 +354,10 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
                         args,
                         &body,
                         &server.integration,
-                        target,
+                        (target, transport),
                         server.pid,
                     )
                     .await;
-                    r.transport = transport;
                     r.rss_idle = rss_idle;
                     r.rss_peak = server.pid.and_then(|p| proc_status(p).map(|s| s.hwm));
                     tokio::time::sleep(args.settle).await;
@@ -484,6 +489,18 @@ impl Server {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID");
+        // If this tool is killed outright, its servers get SIGTERM from the kernel instead of
+        // living on. Only async-signal-safe prctl runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", target.name()))?;
@@ -878,7 +895,7 @@ async fn drive(
     args: &Args,
     body: &Arc<Vec<u8>>,
     integration: &str,
-    target: Target,
+    (target, transport): (Target, Transport),
     pid: Option<u32>,
 ) -> RunResult {
     let path: Arc<str> = format!("/v1/integrations/{integration}/alerts").into();
@@ -940,7 +957,7 @@ async fn drive(
     };
     RunResult {
         target,
-        transport: Transport::Tcp,
+        transport,
         clients,
         ok: total.ok,
         errors: total.errors + connect_errors,
