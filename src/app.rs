@@ -87,6 +87,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         started: clock.now(),
         max_bytes: config.queue.max_bytes,
         rates: Mutex::new(rates_of(&config)),
+        sources: Arc::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -100,6 +101,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
         body_timeout: config.listen.body_timeout,
     };
     let servers = start_listeners(&config, state, stop_rx.clone())?;
+    let sources = crate::sources::start(&config, &ingest, &stop_rx, &reporter.sources);
     drop(ingest);
 
     notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -141,7 +143,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
     let Servers { handles, ingest } = servers;
     drop(ingest);
     let _ = tokio::time::timeout(deadline, async {
-        for h in handles {
+        for h in handles.into_iter().chain(sources) {
             let _ = h.await;
         }
     })
@@ -202,6 +204,9 @@ async fn apply_reload(
         || old.state_dir != new.state_dir
     {
         tracing::warn!("Changes to listen addresses or state_dir take effect at the next restart.");
+    }
+    if old.sources != new.sources {
+        tracing::warn!("Changes to [[source]] take effect at the next restart; the running sources go on as they were.");
     }
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
 }

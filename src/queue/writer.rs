@@ -111,7 +111,8 @@ impl Ingest {
     }
 
     /// Queues alerts and metadata in one atomic write. With `wait`, waits for room in the
-    /// writer's channel (for file sources, which can simply read later).
+    /// writer's channel (for file sources, which can simply read later). Metadata keys start
+    /// with [`super::store::META_PREFIX`]; an empty value removes the key.
     pub async fn commit(
         &self,
         alerts: Vec<Alert>,
