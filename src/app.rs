@@ -206,7 +206,9 @@ async fn apply_reload(
         tracing::warn!("Changes to listen addresses or state_dir take effect at the next restart.");
     }
     if old.sources != new.sources {
-        tracing::warn!("Changes to [[source]] take effect at the next restart; the running sources go on as they were.");
+        tracing::warn!(
+            "Changes to [[source]] take effect at the next restart; the running sources go on as they were."
+        );
     }
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
 }

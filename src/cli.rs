@@ -201,16 +201,28 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
     }
     let body = alert_body(&args, config.queue.max_body)?;
     let path = format!("/v1/integrations/{}/alerts", args.integration);
-    let answer =
-        match local::request(&config, hyper::Method::POST, &path, body.clone(), args.timeout).await
-        {
-            Ok(a) => a,
-            // Not running, not answering, or gone mid-request: the spool keeps the alert (a
-            // request that did get through is then delivered twice, never zero times).
-            Err(e) => {
-                return spool_or_fail(&config, &args.integration, &body, &e.to_string(), exit::UNAVAILABLE);
-            }
-        };
+    let answer = match local::request(
+        &config,
+        hyper::Method::POST,
+        &path,
+        body.clone(),
+        args.timeout,
+    )
+    .await
+    {
+        Ok(a) => a,
+        // Not running, not answering, or gone mid-request: the spool keeps the alert (a
+        // request that did get through is then delivered twice, never zero times).
+        Err(e) => {
+            return spool_or_fail(
+                &config,
+                &args.integration,
+                &body,
+                &e.to_string(),
+                exit::UNAVAILABLE,
+            );
+        }
+    };
     let text = String::from_utf8_lossy(&answer.body);
     let reason = serde_json::from_slice::<serde_json::Value>(&answer.body)
         .ok()

@@ -613,10 +613,9 @@ impl Validator<'_> {
                     let (dir, name_pattern) = split_file_pattern(&path)
                         .map_err(|problem| self.err(field("path"), problem))?;
                     if !paths.insert(path.clone()) {
-                        return Err(self.err(
-                            field("path"),
-                            format!("{} is tailed twice", path.display()),
-                        ));
+                        return Err(
+                            self.err(field("path"), format!("{} is tailed twice", path.display()))
+                        );
                     }
                     if !integrations.contains(&integration) {
                         return Err(self.err(
@@ -627,10 +626,9 @@ impl Validator<'_> {
                     let format = match (format.unwrap_or(RawLineFormat::Json), uid_fields) {
                         (RawLineFormat::Json, None) => LineFormat::Json,
                         (RawLineFormat::Json, Some(_)) => {
-                            return Err(self.err(
-                                field("uid_fields"),
-                                "only applies to format = \"text\"",
-                            ));
+                            return Err(
+                                self.err(field("uid_fields"), "only applies to format = \"text\"")
+                            );
                         }
                         (RawLineFormat::Text, f) => {
                             let uid_fields = f.unwrap_or_default();
@@ -1034,9 +1032,15 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
                 .to_string()
         };
         let e = bad("type = \"file\"\npath = \"/a/x.log\"\nintegration = \"nope\"");
-        assert!(e.contains("source[0].integration") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("source[0].integration") && e.contains("nope"),
+            "{e}"
+        );
         let e = bad("type = \"file\"\npath = \"/a/*/x.log\"\nintegration = \"db-prod\"");
-        assert!(e.contains("source[0].path") && e.contains("file name only"), "{e}");
+        assert!(
+            e.contains("source[0].path") && e.contains("file name only"),
+            "{e}"
+        );
         let e = bad("type = \"file\"\npath = \"/a/x.log\"\nintegration = \"db-prod\"\nbogus = 1");
         assert!(e.contains("bogus"), "{e}");
         let e = bad("type = \"pipe\"\npath = \"/a\"");

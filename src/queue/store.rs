@@ -354,11 +354,7 @@ impl Store {
 
     /// Up to `limit` metadata entries whose key starts with `prefix` (which must start with
     /// [`META_PREFIX`]), in key order.
-    pub fn meta_scan(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<MetaEntry>, StoreError> {
+    pub fn meta_scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<MetaEntry>, StoreError> {
         debug_assert_eq!(prefix.first(), Some(&META_PREFIX));
         let mut out = Vec::new();
         for kv in self.queue.scan_prefix(prefix).take(limit) {

@@ -51,8 +51,8 @@ impl DirWatch {
             .iter()
             .map(|(d, _)| std::fs::metadata(d).ok().map(|m| (m.dev(), m.ino())))
             .collect();
-        let unchanged = self.watcher.is_some()
-            && self.dirs.iter().zip(&now).all(|((_, was), is)| was == is);
+        let unchanged =
+            self.watcher.is_some() && self.dirs.iter().zip(&now).all(|((_, was), is)| was == is);
         if unchanged {
             return;
         }
@@ -102,9 +102,7 @@ impl DirWatch {
                 Err(e) => {
                     let msg = format!("{} cannot be watched ({e})", dir.display());
                     if !self.warned {
-                        tracing::warn!(
-                            "{msg}; it is polled instead, so changes are seen later."
-                        );
+                        tracing::warn!("{msg}; it is polled instead, so changes are seen later.");
                         self.warned = true;
                     }
                 }
