@@ -60,9 +60,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--state`, with the words monitoring tools hand to a notification command, so that their
+/// command lines need no shell around them (see the README).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum AlertState {
+    /// Also `problem` (Nagios/Icinga notification type) and `1` (Zabbix {EVENT.VALUE}).
+    #[value(aliases = ["problem", "1"])]
     Alerting,
+    /// Also `recovery` (Nagios/Icinga), `resolved` and `0` (Zabbix {EVENT.VALUE}).
+    #[value(aliases = ["recovery", "resolved", "0"])]
     Ok,
 }
 
@@ -101,8 +107,8 @@ pub struct SendArgs {
     /// `--state ok` with it resolves the group.
     #[arg(long, short)]
     pub uid: Option<String>,
-    /// `alerting` or `ok`.
-    #[arg(long, value_enum)]
+    /// `alerting` or `ok` (any case; also PROBLEM/RECOVERY, and Zabbix's 1/0).
+    #[arg(long, value_enum, ignore_case = true)]
     pub state: Option<AlertState>,
     /// Link to the source (`link_to_upstream_details`).
     #[arg(long)]

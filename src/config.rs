@@ -1065,5 +1065,7 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
         let c = Config::load(&path).unwrap();
         assert!(!c.integrations.is_empty());
+        assert!(matches!(c.sources[0], Source::File(_)));
+        assert!(c.spool().is_some());
     }
 }

@@ -614,3 +614,228 @@ async fn send_without_a_spool_fails_clearly_while_the_daemon_is_down() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NOT queued") && err.contains("spool"), "{err}");
 }
+
+#[test]
+fn send_takes_the_state_words_of_nagios_icinga_and_zabbix() {
+    // Daemon down: each alert lands in the spool, where its body can be read.
+    let d = Daemon::prepare(|dir| {
+        format!(
+            "{}[[source]]\ntype = \"spool\"\npath = \"{}\"\n",
+            integration(
+                "a",
+                "http://127.0.0.1:9/integrations/v1/formatted_webhook/T/"
+            ),
+            dir.join("spool").display()
+        )
+    });
+    let cases = [
+        ("PROBLEM", "alerting"),
+        ("Recovery", "ok"),
+        ("RECOVERY", "ok"),
+        ("1", "alerting"),
+        ("0", "ok"),
+        ("resolved", "ok"),
+        ("alerting", "alerting"),
+    ];
+    for (word, want) in cases {
+        let spool = d.dir.path().join("spool/a");
+        let _ = std::fs::remove_dir_all(&spool);
+        let out = d.cli(&["send", "-i", "a", "--title", "t", "--state", word]);
+        assert!(
+            out.status.success(),
+            "{word}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = std::fs::read_dir(&spool).unwrap().flatten().next().unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+        assert_eq!(body["state"], want, "{word}");
+    }
+    // Anything else (an acknowledgement, say) is a usage error, not a silent alert.
+    let out = d.cli(&[
+        "send",
+        "-i",
+        "a",
+        "--title",
+        "t",
+        "--state",
+        "ACKNOWLEDGEMENT",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The spooled alerts of `integration`, oldest first (daemon down).
+fn spooled(d: &Daemon, integration: &str) -> Vec<serde_json::Value> {
+    let dir = d.dir.path().join("spool").join(integration);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// The README's command lines for Nagios, Icinga 2, Zabbix and cron, run the way each tool
+/// runs them (macros filled in; through `sh -c` or as an argument list), against a stopped
+/// daemon so that what `send` made can be read back from the spool.
+#[test]
+fn readme_command_lines_for_nagios_icinga_zabbix_and_cron_work() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let d = Daemon::prepare(|dir| {
+        let url = "http://127.0.0.1:9/integrations/v1/formatted_webhook/T/";
+        format!(
+            "{}{}{}{}[[source]]\ntype = \"spool\"\npath = \"{}\"\n",
+            integration("nagios", url),
+            integration("icinga", url),
+            integration("zabbix", url),
+            integration("db-prod", url),
+            dir.join("spool").display()
+        )
+    });
+    let run_sh = |line: &str| {
+        let line = line.replace("/usr/bin/oncall-agent", bin());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .env("ONCALL_AGENT_CONFIG", &d.config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let run_argv = |argv: &[String]| {
+        let out = std::process::Command::new(bin())
+            .args(argv)
+            .env("ONCALL_AGENT_CONFIG", &d.config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let fill = |s: &str, macros: &[(&str, &str)]| {
+        let mut s = s.to_string();
+        for (k, v) in macros {
+            s = s.replace(k, v);
+        }
+        assert!(
+            !s.contains("$HOST") && !s.contains("{EVENT"),
+            "unfilled: {s}"
+        );
+        s
+    };
+
+    // Nagios: command_line goes through sh.
+    let nagios: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("command_line"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(nagios.len(), 2);
+    for (ty, state) in [("PROBLEM", "alerting"), ("RECOVERY", "ok")] {
+        run_sh(&fill(
+            nagios[0],
+            &[
+                ("$NOTIFICATIONTYPE$", ty),
+                ("$HOSTNAME$", "db01"),
+                ("$SERVICEDESC$", "Disk /var"),
+                ("$SERVICESTATE$", "CRITICAL"),
+                ("$SERVICEOUTPUT$", "DISK CRITICAL - free space: /var 3%"),
+            ],
+        ));
+        let a = spooled(&d, "nagios").pop().unwrap();
+        assert_eq!(a["state"], state);
+        assert_eq!(a["alert_uid"], "db01/Disk /var");
+        assert_eq!(a["title"], "CRITICAL: Disk /var on db01");
+        assert_eq!(a["message"], "DISK CRITICAL - free space: /var 3%");
+    }
+    run_sh(&fill(
+        nagios[1],
+        &[
+            ("$NOTIFICATIONTYPE$", "PROBLEM"),
+            ("$HOSTNAME$", "db01"),
+            ("$HOSTSTATE$", "DOWN"),
+            ("$HOSTOUTPUT$", "PING CRITICAL - Packet loss = 100%"),
+        ],
+    ));
+    assert_eq!(spooled(&d, "nagios").pop().unwrap()["alert_uid"], "db01");
+
+    // Icinga 2: "--flag" = "value" pairs, each one word, no shell.
+    let blocks: Vec<&str> = readme.split("object NotificationCommand").skip(1).collect();
+    assert_eq!(blocks.len(), 2);
+    for (block, uid) in blocks.iter().zip(["db01/disk", "db01"]) {
+        let block = &block[..block.find("\n}").unwrap()];
+        let mut argv = vec!["send".to_string()];
+        for l in block.lines().filter(|l| l.trim_start().starts_with("\"--")) {
+            let (k, v) = l.trim().split_once(" = ").unwrap();
+            argv.push(k.trim_matches('"').to_string());
+            argv.push(fill(
+                v.trim_matches('"'),
+                &[
+                    ("$notification.type$", "RECOVERY"),
+                    ("$host.name$", "db01"),
+                    ("$service.name$", "disk"),
+                    ("$service.state$", "OK"),
+                    ("$service.display_name$", "Disk"),
+                    ("$host.display_name$", "db01"),
+                    ("$service.output$", "DISK OK"),
+                    ("$host.state$", "UP"),
+                    ("$host.output$", "PING OK"),
+                ],
+            ));
+        }
+        run_argv(&argv);
+        let a = spooled(&d, "icinga").pop().unwrap();
+        assert_eq!(a["state"], "ok");
+        assert_eq!(a["alert_uid"], uid);
+    }
+
+    // Zabbix: the script parameters, one argument per line.
+    let params = readme
+        .split("these script\nparameters, one per line, in this order:\n\n```\n")
+        .nth(1)
+        .unwrap();
+    let params: Vec<&str> = params[..params.find("```").unwrap()].lines().collect();
+    for (value, state) in [("1", "alerting"), ("0", "ok")] {
+        let argv: Vec<String> = params
+            .iter()
+            .map(|p| {
+                fill(
+                    p,
+                    &[
+                        ("{ALERT.SENDTO}", "zabbix"),
+                        ("{EVENT.VALUE}", value),
+                        ("{EVENT.ID}", "4711"),
+                        ("{ALERT.SUBJECT}", "Problem: High CPU on web1"),
+                        ("{ALERT.MESSAGE}", "Problem started at 03:00\nHost: web1"),
+                    ],
+                )
+            })
+            .collect();
+        run_argv(&argv);
+        let a = spooled(&d, "zabbix").pop().unwrap();
+        assert_eq!(a["state"], state);
+        assert_eq!(a["alert_uid"], "zabbix-4711");
+        assert_eq!(a["message"], "Problem started at 03:00\nHost: web1");
+    }
+
+    // cron: the command after the five time fields, through sh.
+    let cron = readme
+        .lines()
+        .find(|l| l.starts_with("15 3 * * *"))
+        .unwrap();
+    let command = cron.splitn(6, ' ').nth(5).unwrap().trim();
+    for (job, state) in [("false", "alerting"), ("true", "ok")] {
+        run_sh(&command.replace("/usr/local/bin/backup-db", job));
+        let a = spooled(&d, "db-prod").pop().unwrap();
+        assert_eq!(a["state"], state);
+        assert_eq!(a["alert_uid"], "backup-db01");
+    }
+}

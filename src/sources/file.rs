@@ -292,21 +292,37 @@ impl Tailer {
                 meta.push((key, Vec::new()));
                 continue;
             };
+            let same_content = |e: &Entry| {
+                e.len >= saved.pos.offset
+                    && open_file(&e.path)
+                        .ok()
+                        .filter(|f| {
+                            saved.pos.fp_len == 0
+                                || fingerprint(f, saved.pos.fp_len).ok().flatten()
+                                    == Some(saved.pos.fp)
+                        })
+                        .is_some()
+            };
             let here = listing.iter().find(|e| e.id == id);
-            let intact = here
-                .filter(|e| e.len >= saved.pos.offset)
-                .and_then(|e| Some((e, open_file(&e.path).ok()?)))
-                .filter(|(_, f)| {
-                    saved.pos.fp_len == 0
-                        || fingerprint(f, saved.pos.fp_len).ok().flatten() == Some(saved.pos.fp)
-                });
+            // Some file systems number their device anew at each boot: the same inode with
+            // the same first bytes is the same file.
+            let intact = here.filter(|e| same_content(e)).or_else(|| {
+                listing
+                    .iter()
+                    .find(|e| e.id.ino == id.ino && e.id.dev != id.dev && same_content(e))
+            });
+            let intact = intact.and_then(|e| Some((e, open_file(&e.path).ok()?)));
             match intact {
                 Some((e, file)) => {
                     if !e.matched {
                         tracing::info!(from = %saved.path, to = %e.path.display(), line = saved.pos.line, "A followed file was renamed while the agent was stopped; reading it to its end.");
                     }
+                    if e.id != id {
+                        meta.push((key, Vec::new()));
+                        meta.push(t.saved_entry(e.id, &e.path, saved.pos));
+                    }
                     t.files.push(Tracked {
-                        id,
+                        id: e.id,
                         path: e.path.clone(),
                         file,
                         pos: saved.pos,
@@ -370,7 +386,7 @@ impl Tailer {
     fn take_on(&mut self, e: &Entry, at_end: bool) -> Result<Option<Tracked>, TailError> {
         if self.files.len() >= MAX_FILES {
             if !self.warned_full {
-                tracing::error!(source = %self.src.path.display(), "{} files match; only {MAX_FILES} are followed at once. The others are read once some are finished: narrow the path.", MAX_FILES + 1);
+                tracing::error!(source = %self.src.path.display(), "More than {MAX_FILES} files match; only {MAX_FILES} are followed at once. The others are read once some are finished: narrow the path.");
                 self.warned_full = true;
             }
             return Ok(None);
@@ -894,15 +910,16 @@ fn to_alert(
         LineFormat::Text { uid_fields } => {
             let text = String::from_utf8_lossy(line);
             let text = text.trim();
-            let part = if uid_fields.is_empty() {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            let chosen: Vec<&str> = uid_fields
+                .iter()
+                .filter_map(|&n| fields.get(n.wrapping_sub(1)).copied())
+                .collect();
+            // No field chosen, or the line has none of them: the whole line.
+            let part = if chosen.is_empty() {
                 text.to_string()
             } else {
-                let fields: Vec<&str> = text.split_whitespace().collect();
-                uid_fields
-                    .iter()
-                    .filter_map(|&n| fields.get(n - 1).copied())
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                chosen.join(" ")
             };
             let uid = text_uid(&part);
             let body = serde_json::json!({
@@ -943,6 +960,7 @@ pub async fn run(
     board: SourceBoard,
 ) {
     let name = format!("file {}", src.path.display());
+    // The board's lock is only poisoned by a panic (and release builds abort on panic).
     let report = |f: &dyn Fn(&mut SourceStatus)| {
         let mut b = board.lock().expect("sources lock");
         let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {

@@ -289,6 +289,7 @@ pub async fn run(
     board: SourceBoard,
 ) {
     let name = format!("spool {}", src.path.display());
+    // The board's lock is only poisoned by a panic (and release builds abort on panic).
     let report = |f: &dyn Fn(&mut SourceStatus)| {
         let mut b = board.lock().expect("sources lock");
         let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {
