@@ -36,11 +36,24 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "machine: {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "machine: {} cores; load average at the start: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
-    rt.block_on(tail(lines));
-    rt.block_on(send(sends));
+    if lines > 0 {
+        rt.block_on(tail(lines));
+    }
+    if sends > 0 {
+        rt.block_on(send(sends));
+    }
+    println!(
+        "load average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
 }
 
 /// One 200-byte JSON line (with its newline), 100 grouping keys.

@@ -183,7 +183,7 @@ async fn inotify_wakes_the_source_for_new_lines_and_new_files_without_the_poll()
     );
     append(&logs.join("a.jsonl"), &json_lines("a", 0, 3));
     assert!(
-        wait_until(Duration::from_secs(5), || oncall.accepted().len() == 3).await,
+        wait_until(Duration::from_secs(10), || oncall.accepted().len() == 3).await,
         "{}",
         d.logs()
     );
@@ -191,7 +191,7 @@ async fn inotify_wakes_the_source_for_new_lines_and_new_files_without_the_poll()
     // Not matched by the pattern: never read.
     append(&logs.join("a.txt"), &json_lines("x", 100, 2));
     append(&logs.join("b.jsonl"), &json_lines("b", 5, 5));
-    assert!(wait_until(Duration::from_secs(5), || oncall.accepted().len() == 10).await);
+    assert!(wait_until(Duration::from_secs(10), || oncall.accepted().len() == 10).await);
     assert_exactly_once(&delivered_ns(&oncall), 10);
 }
 

@@ -776,8 +776,11 @@ impl Tailer {
         )))
     }
 
+    /// Stops following file `i`; `last` records its unfinished last line (which starts at the
+    /// saved position), unless a failed attempt already recorded it.
     fn forget_chunk(&self, i: usize, last: Option<Refused>) -> Chunk {
         let t = &self.files[i];
+        let last = last.filter(|_| t.pos.offset >= t.dead_done_to);
         Chunk {
             id: t.id,
             alerts: Vec::new(),
@@ -1417,6 +1420,23 @@ mod tests {
             r.store.meta_scan(&key_prefix(&r.log()), 10).unwrap().len(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn a_retried_forget_does_not_record_the_unfinished_line_twice() {
+        let r = rig();
+        append(&r.log(), "{\"n\":0}\n{\"n\":1");
+        let mut t = r.open(1000).await;
+        assert_eq!(r.drain(&mut t).await, vec![0]);
+        std::fs::remove_file(r.log()).unwrap();
+        t.rescan().unwrap();
+        t.files[0].retired = Some(Instant::now());
+        let c = t.next_chunk().unwrap().unwrap();
+        assert_eq!(c.refused.len(), 1);
+        t.dead_written(&c);
+        drop(c);
+        let again = t.next_chunk().unwrap().unwrap();
+        assert!(again.forget && again.refused.is_empty());
     }
 
     #[test]
