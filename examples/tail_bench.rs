@@ -211,6 +211,25 @@ async fn send(sends: usize) {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
     print_latency("bare connect (baseline)", &connect);
+    // The daemon's own share: the same POST from this process (no process start, no config
+    // parse), answered once the alert is fsynced.
+    let cfg = oncall_agent::config::Config::load(&config).expect("config");
+    let mut posts = Vec::with_capacity(sends);
+    for _ in 0..sends {
+        let t = Instant::now();
+        let a = oncall_agent::local::request(
+            &cfg,
+            hyper::Method::POST,
+            "/v1/integrations/a/alerts",
+            b"{\"title\":\"bench\"}".to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("post");
+        assert_eq!(a.status, 202);
+        posts.push(t.elapsed());
+    }
+    print_latency("POST in process, durable (baseline)", &posts);
     let body = "{\"title\":\"bench\"}";
     let curl = time_calls(sends, || {
         Command::new("curl")
