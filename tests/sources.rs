@@ -839,3 +839,44 @@ fn readme_command_lines_for_nagios_icinga_zabbix_and_cron_work() {
         assert_eq!(a["alert_uid"], "backup-db01");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_pauses_tailing_and_nothing_is_lost_when_room_comes_back() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    oncall.set_default(Reply::status(503, "down"));
+    let d = Daemon::start_with(|dir| {
+        append(&dir.join("app.log"), &json_lines("k", 0, 100));
+        format!(
+            "[queue]\nmax_bytes = 2048\nmax_body = 1024\n{}",
+            config(
+                &oncall,
+                &file_source(&dir.join("app.log"), "max_line = 512")
+            )
+        )
+    })
+    .await;
+    // The queue fills up (smaller chunks are tried until one fits), and reading pauses.
+    assert!(
+        wait_for(WAIT, || async { d.depth().await > 0 }).await,
+        "{}",
+        d.logs()
+    );
+    assert!(d.depth().await < 100);
+    assert!(d.logs().contains("could not be queued"));
+    // Room comes back: reading resumes where it stood.
+    oncall.set_default(Reply::ok());
+    assert!(
+        wait_until(Duration::from_secs(30), || oncall.accepted().len() >= 100).await,
+        "{}\n{}",
+        oncall.accepted().len(),
+        d.logs()
+    );
+    assert_exactly_once(&delivered_ns(&oncall), 100);
+    // Said once, not at every retry.
+    assert_eq!(
+        d.logs().matches("could not be queued").count(),
+        1,
+        "{}",
+        d.logs()
+    );
+}

@@ -125,7 +125,8 @@ impl Ingest {
             }
         }
         let used = self.store.total_bytes();
-        if used >= self.max_bytes {
+        // Metadata alone (a file source's read position) always fits, as in `commit_group`.
+        if !alerts.is_empty() && used >= self.max_bytes {
             return Err(IngestError::QueueFull {
                 used,
                 max: self.max_bytes,

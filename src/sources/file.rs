@@ -164,6 +164,9 @@ pub struct Tailer {
     warned_full: bool,
     /// Matching files that could not be opened, reported once each.
     unreadable: HashSet<PathBuf>,
+    /// Most lines per chunk: unbounded (the read buffer bounds it) until the queue refuses a
+    /// chunk for lack of room, see [`Tailer::shrink`].
+    max_lines: usize,
 }
 
 /// Trouble reading: the folder or a file cannot be read, or the saved positions not loaded.
@@ -267,6 +270,7 @@ impl Tailer {
             cursor: 0,
             warned_full: false,
             unreadable: HashSet::new(),
+            max_lines: usize::MAX,
         };
         let first_run = t.store.meta(&init_key(&t.src.path))?.is_none();
         let mut meta = Vec::new();
@@ -627,17 +631,13 @@ impl Tailer {
             }));
         };
         let mut c = self.parse_lines(i, last_nl + 1)?;
-        c.pos = Pos {
-            offset: pos.offset + last_nl as u64 + 1,
-            line: c.pos.line,
-            ..pos
-        };
         c.pos = self.with_fingerprint(i, c.pos)?;
         c.meta = vec![self.saved_entry(self.files[i].id, &path, c.pos)];
         Ok(Some(c))
     }
 
-    /// Turns the complete lines in `buf[..end]` into alerts and refusals.
+    /// Turns the complete lines in `buf[..end]` (at most `max_lines` of them) into alerts and
+    /// refusals; the chunk's position is the end of the last line taken.
     fn parse_lines(&mut self, i: usize, end: usize) -> Result<Chunk, TailError> {
         let t = &self.files[i];
         let (pos, path, dead_done_to) = (t.pos, t.path.clone(), t.dead_done_to);
@@ -645,7 +645,10 @@ impl Tailer {
         let mut refused = Vec::new();
         let mut line_no = pos.line;
         let mut at = pos.offset;
-        for raw in self.buf[..end].split_inclusive(|&b| b == b'\n') {
+        for raw in self.buf[..end]
+            .split_inclusive(|&b| b == b'\n')
+            .take(self.max_lines)
+        {
             line_no += 1;
             let line_start = at;
             at += raw.len() as u64;
@@ -689,6 +692,7 @@ impl Tailer {
             refused,
             meta: Vec::new(),
             pos: Pos {
+                offset: at,
                 line: line_no,
                 ..pos
             },
@@ -696,6 +700,17 @@ impl Tailer {
             adopt: None,
             dead_to: at,
         })
+    }
+
+    /// The queue refused a chunk of `lines` lines as too big for the room left: read at most
+    /// half as many next time (down to one line, which fits once the sender makes room).
+    pub fn shrink(&mut self, lines: usize) {
+        self.max_lines = (lines / 2).max(1);
+    }
+
+    /// A chunk was queued: allow larger ones again.
+    pub fn grow(&mut self) {
+        self.max_lines = self.max_lines.saturating_mul(2);
     }
 
     /// Scans a line longer than `max_line` for its end without keeping it.
@@ -1000,6 +1015,9 @@ pub async fn run(
 
     let mut next_poll = tokio::time::Instant::now() + poll;
     let mut pending: Option<Chunk> = None;
+    // Why queueing failed last and when that was said: said again only for another reason
+    // or after QUIET, not at every retry while the queue is full.
+    let mut said: Option<(std::mem::Discriminant<IngestError>, std::time::Instant)> = None;
     loop {
         if *stop.borrow() {
             break;
@@ -1103,6 +1121,7 @@ pub async fn run(
         match ingest.commit(alerts, meta, true).await {
             Ok(_) => {
                 tailer.committed(chunk);
+                tailer.grow();
                 let files = tailer.file_count() as u64;
                 report(&|s| {
                     s.alerts_total += n;
@@ -1112,9 +1131,15 @@ pub async fn run(
             }
             Err(IngestError::Closed) => break,
             Err(e) => {
-                // The position did not move: the same lines are read again after a pause.
+                // The position did not move: the same lines are read again after a pause, fewer
+                // at a time if they did not fit.
+                if matches!(e, IngestError::QueueFull { .. }) {
+                    tailer.shrink(n as usize);
+                }
                 let msg = e.to_string();
-                tracing::warn!(source = %src.path.display(), "Lines could not be queued ({msg}); reading pauses and resumes where it stood.");
+                if say_again(&mut said, &e) {
+                    tracing::warn!(source = %src.path.display(), "Lines could not be queued ({msg}); reading pauses and resumes where it stood.");
+                }
                 report(&|s| s.last_error = Some(msg.clone()));
                 if sleep_or_stop(RETRY_AFTER, &mut stop).await {
                     break;
@@ -1123,6 +1148,26 @@ pub async fn run(
         }
     }
     tracing::debug!(source = %src.path.display(), "The file source stopped.");
+}
+
+/// How long a repeated failure to queue stays unsaid.
+const QUIET: Duration = Duration::from_secs(60);
+
+/// Whether failure `e` is worth a log line: another reason than the last one said, or the
+/// same one after [`QUIET`]. Records it as said.
+pub(crate) fn say_again(
+    said: &mut Option<(std::mem::Discriminant<IngestError>, std::time::Instant)>,
+    e: &IngestError,
+) -> bool {
+    let kind = std::mem::discriminant(e);
+    let again = match said {
+        Some((k, at)) => *k != kind || at.elapsed() >= QUIET,
+        None => true,
+    };
+    if again {
+        *said = Some((kind, std::time::Instant::now()));
+    }
+    again
 }
 
 /// Commits metadata alone (start-up positions), retrying while the queue refuses it. None if
@@ -1135,12 +1180,16 @@ async fn commit_meta(
     if meta.is_empty() {
         return Some(());
     }
+    let mut warned = false;
     loop {
         match ingest.commit(Vec::new(), meta.clone(), true).await {
             Ok(_) => return Some(()),
             Err(IngestError::Closed) => return None,
             Err(e) => {
-                tracing::warn!("Saving read positions failed ({e}); retrying.");
+                if !warned {
+                    tracing::warn!("Saving read positions failed ({e}); retrying.");
+                    warned = true;
+                }
                 if sleep_or_stop(RETRY_AFTER, stop).await {
                     return None;
                 }

@@ -310,6 +310,8 @@ pub async fn run(
     let mut dirs = DirWatch::new(spool.as_ref().map(|s| s.dirs()).unwrap_or_default());
     let mut dirs_ok = false;
     let mut next_poll = tokio::time::Instant::now();
+    // Why queueing failed last and when that was said (see `file::say_again`).
+    let mut said = None;
     tracing::info!(path = %src.path.display(), "Reading the spool folder.");
     loop {
         if *stop.borrow() {
@@ -371,7 +373,9 @@ pub async fn run(
                 Err(IngestError::Closed) => break,
                 Err(e) => {
                     let msg = e.to_string();
-                    tracing::warn!(path = %src.path.display(), "Spool files could not be queued ({msg}); they stay and are read again shortly.");
+                    if super::file::say_again(&mut said, &e) {
+                        tracing::warn!(path = %src.path.display(), "Spool files could not be queued ({msg}); they stay and are read again shortly.");
+                    }
                     report(&|s| s.last_error = Some(msg.clone()));
                     retry_later = true;
                 }
