@@ -880,3 +880,58 @@ async fn a_full_queue_pauses_tailing_and_nothing_is_lost_when_room_comes_back() 
         d.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_files_wait_in_the_folder_while_the_queue_is_full() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    oncall.set_default(Reply::status(503, "down"));
+    let d = Daemon::start_with(|dir| {
+        let a = dir.join("spool/a");
+        std::fs::create_dir_all(&a).unwrap();
+        for n in 0..40 {
+            std::fs::write(
+                a.join(format!("{n:03}.json")),
+                format!("{{\"alert_uid\":\"k\",\"n\":{n}}}"),
+            )
+            .unwrap();
+        }
+        format!(
+            "[queue]\nmax_bytes = 2048\nmax_body = 1024\n{}",
+            config(
+                &oncall,
+                &format!(
+                    "[[source]]\ntype = \"spool\"\npath = \"{}\"\n",
+                    dir.join("spool").display()
+                )
+            )
+        )
+    })
+    .await;
+    let a = d.dir.path().join("spool/a");
+    let waiting = || {
+        std::fs::read_dir(&a)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .count()
+    };
+    // What fits is queued (and its files removed); the rest waits on disk.
+    assert!(
+        wait_for(WAIT, || async { d.depth().await > 0 }).await,
+        "{}",
+        d.logs()
+    );
+    assert!(d.depth().await < 40);
+    assert!(waiting() > 0);
+    oncall.set_default(Reply::ok());
+    assert!(
+        wait_until(Duration::from_secs(30), || oncall.accepted().len() >= 40).await,
+        "{}\n{}",
+        oncall.accepted().len(),
+        d.logs()
+    );
+    assert_exactly_once(&delivered_ns(&oncall), 40);
+    // Same key, so the files went in name order.
+    assert_eq!(delivered_ns(&oncall), (0..40).collect::<Vec<i64>>());
+    assert!(wait_until(WAIT, || waiting() == 0).await);
+}

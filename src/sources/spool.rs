@@ -312,6 +312,9 @@ pub async fn run(
     let mut next_poll = tokio::time::Instant::now();
     // Why queueing failed last and when that was said (see `file::say_again`).
     let mut said = None;
+    // Files per commit: halved when the queue has no room for a whole batch (the writer takes
+    // a commit whole or not at all), so that one file at a time still goes in.
+    let mut per_commit = BATCH;
     tracing::info!(path = %src.path.display(), "Reading the spool folder.");
     loop {
         if *stop.borrow() {
@@ -331,13 +334,14 @@ pub async fn run(
         }
         let Some(sp) = spool.take() else { return };
         let must_create = !dirs_ok;
+        let limit = per_commit;
         let job = tokio::task::spawn_blocking(move || {
             let created = if must_create {
                 Some(sp.ensure_dirs())
             } else {
                 None
             };
-            let (found, waiting) = sp.list(BATCH);
+            let (found, waiting) = sp.list(limit);
             let batch = sp.read(found);
             (sp, created, batch, waiting)
         })
@@ -369,7 +373,10 @@ pub async fn run(
         if !batch.alerts.is_empty() {
             let n = batch.alerts.len();
             match ingest.commit(batch.alerts, Vec::new(), true).await {
-                Ok(_) => queued = n,
+                Ok(_) => {
+                    queued = n;
+                    per_commit = per_commit.saturating_mul(2).min(BATCH);
+                }
                 Err(IngestError::Closed) => break,
                 Err(e) => {
                     let msg = e.to_string();
@@ -378,6 +385,9 @@ pub async fn run(
                     }
                     report(&|s| s.last_error = Some(msg.clone()));
                     retry_later = true;
+                    if matches!(e, IngestError::QueueFull { .. }) {
+                        per_commit = (n / 2).max(1);
+                    }
                 }
             }
         }
