@@ -519,6 +519,10 @@ async fn spool_files_become_alerts_and_bad_ones_move_to_failed_with_the_reason()
     .await;
     let a = d.dir.path().join("spool/a");
     assert!(wait_until(WAIT, || a.is_dir()).await, "{}", d.logs());
+    // Writable by the group whatever the umask: the users of `send` share it that way.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&a).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o770, "{mode:o}");
     // The way a program should drop a file: write under a hidden name, then rename.
     for n in 0..5 {
         let tmp = a.join(format!(".t{n}"));

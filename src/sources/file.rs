@@ -33,6 +33,10 @@
 //! before the newline is dropped. A line longer than `max_line` is never held in memory: it is
 //! skipped to its newline and recorded with its first [`DEAD_PREFIX`] bytes.
 //!
+//! **A full queue** is waited out: the position does not move, the same lines are read again a
+//! second later, fewer per chunk each time the queue refuses them for lack of room (the writer
+//! takes a commit whole or not at all), down to one line.
+//!
 //! Bounds: [`MAX_FILES`] followed files per source, [`MAX_LISTING`] folder entries looked at per
 //! listing, one read of at most `max(READ_CHUNK, max_line + 1)` bytes per commit.
 

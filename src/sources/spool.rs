@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -41,14 +41,36 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 /// Files whose removal failed, remembered so they are not queued again and again.
 const MAX_STUCK: usize = 10_000;
 
+/// Creates `dir` (and its missing parents) readable and writable by its group whatever the
+/// umask: the agent and the users of `send` share the spool through the group. A setgid bit
+/// inherited from the parent stays, so the group passes on.
+fn make_shared_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        make_shared_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Made by someone else meanwhile (a `send`, the agent): theirs to set up.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode((mode & 0o7000) | 0o770),
+    )
+}
+
 /// Writes one alert into the spool folder the way a dropped file must be: a hidden temporary
 /// file, fsync, rename to its final name, fsync of the folder. Returns the final path.
 pub fn write_spool(spool: &Path, integration: &str, body: &[u8]) -> std::io::Result<PathBuf> {
     let dir = spool.join(integration);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o770)
-        .create(&dir)?;
+    make_shared_dir(&dir)?;
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -108,13 +130,10 @@ impl Spool {
             .collect()
     }
 
-    /// Creates the folders that are missing (mode 0770; a setgid parent passes its group on).
+    /// Creates the folders that are missing (see [`make_shared_dir`]).
     fn ensure_dirs(&self) -> std::io::Result<()> {
         for d in self.dirs() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o770)
-                .create(&d)?;
+            make_shared_dir(&d)?;
         }
         Ok(())
     }
@@ -191,10 +210,7 @@ impl Spool {
         let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
         let mut to = dir.join(&name);
         let moved = (|| -> std::io::Result<()> {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o770)
-                .create(&dir)?;
+            make_shared_dir(&dir)?;
             if to.exists() {
                 let stamp = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
