@@ -118,6 +118,7 @@ pub async fn run_with(
         max_bytes: config.queue.max_bytes,
         rates: Mutex::new(rates_of(&config)),
         received: ingest.received().clone(),
+        sources: Arc::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -138,6 +139,7 @@ pub async fn run_with(
         reporter.clone(),
         stop_rx.clone(),
     ));
+    let sources = crate::sources::start(&config, &ingest, &stop_rx, &reporter.sources);
     drop(ingest);
 
     let line = reporter.report().one_line();
@@ -220,7 +222,7 @@ pub async fn run_with(
     // It holds an Ingest handle too; the writer ends only once every handle is gone.
     let _ = supervisor.await;
     let _ = tokio::time::timeout(deadline, async {
-        for h in handles {
+        for h in handles.into_iter().chain(sources) {
             let _ = h.await;
         }
     })
@@ -317,6 +319,11 @@ async fn apply_reload(
         tracing::warn!(
             "Changes to {} take effect at the next restart.",
             later.join(", ")
+        );
+    }
+    if old.sources != new.sources {
+        tracing::warn!(
+            "Changes to [[source]] take effect at the next restart; the running sources go on as they were."
         );
     }
     tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");

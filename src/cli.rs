@@ -76,9 +76,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--state`, with the words monitoring tools hand to a notification command, so that their
+/// command lines need no shell around them (see the README).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum AlertState {
+    /// Also `problem` (Nagios/Icinga notification type) and `1` (Zabbix {EVENT.VALUE}).
+    #[value(aliases = ["problem", "1"])]
     Alerting,
+    /// Also `recovery` (Nagios/Icinga), `resolved` and `0` (Zabbix {EVENT.VALUE}).
+    #[value(aliases = ["recovery", "resolved", "0"])]
     Ok,
 }
 
@@ -90,7 +96,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "plain")]
         log_format: LogFormat,
     },
-    /// Queue one alert with the running daemon; exits 0 once it is durable.
+    /// Queue one alert with the running daemon; exits 0 once it is durable. If the daemon does
+    /// not answer (or is full), the alert goes to the spool folder and is picked up later.
     Send(SendArgs),
     /// Show queues, budgets and failures of the running daemon.
     Status {
@@ -193,8 +200,8 @@ pub struct SendArgs {
     /// `--state ok` with it resolves the group.
     #[arg(long, short)]
     pub uid: Option<String>,
-    /// `alerting` or `ok`.
-    #[arg(long, value_enum)]
+    /// `alerting` or `ok` (any case; also PROBLEM/RECOVERY, and Zabbix's 1/0).
+    #[arg(long, value_enum, ignore_case = true)]
     pub state: Option<AlertState>,
     /// Link to the source (`link_to_upstream_details`).
     #[arg(long)]
@@ -305,9 +312,28 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
     }
     let body = alert_body(&args, config.queue.max_body)?;
     let path = format!("/v1/integrations/{}/alerts", args.integration);
-    let answer = local::request(&config, hyper::Method::POST, &path, body, args.timeout)
-        .await
-        .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e}; the alert was NOT queued")))?;
+    let answer = match local::request(
+        &config,
+        hyper::Method::POST,
+        &path,
+        body.clone(),
+        args.timeout,
+    )
+    .await
+    {
+        Ok(a) => a,
+        // Not running, not answering, or gone mid-request: the spool keeps the alert (a
+        // request that did get through is then delivered twice, never zero times).
+        Err(e) => {
+            return spool_or_fail(
+                &config,
+                &args.integration,
+                &body,
+                &e.to_string(),
+                exit::UNAVAILABLE,
+            );
+        }
+    };
     let text = String::from_utf8_lossy(&answer.body);
     let reason = serde_json::from_slice::<serde_json::Value>(&answer.body)
         .ok()
@@ -315,10 +341,13 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
         .unwrap_or_else(|| text.trim().to_string());
     match answer.status {
         202 => Ok(()),
-        503 => Err(CliError::new(
+        503 => spool_or_fail(
+            &config,
+            &args.integration,
+            &body,
+            &format!("the agent cannot take the alert now ({reason})"),
             exit::TEMPFAIL,
-            format!("the agent cannot take the alert now ({reason}); retry later"),
-        )),
+        ),
         404 | 400 | 413 => Err(CliError::new(
             exit::DATAERR,
             format!("the agent refused the alert: {reason}"),
@@ -326,6 +355,42 @@ pub async fn send(config_path: &std::path::Path, args: SendArgs) -> Result<(), C
         s => Err(CliError::new(
             exit::SOFTWARE,
             format!("the agent answered {s}: {reason}"),
+        )),
+    }
+}
+
+/// The daemon did not take the alert (`why`): leave it in the spool folder, where the daemon
+/// picks it up, and succeed; or, with no spool configured, fail with `code`.
+fn spool_or_fail(
+    config: &Config,
+    integration: &str,
+    body: &[u8],
+    why: &str,
+    code: u8,
+) -> Result<(), CliError> {
+    let Some(spool) = config.spool() else {
+        return Err(CliError::new(
+            code,
+            format!(
+                "{why}; the alert was NOT queued (no spool folder is configured in {}: add a [[source]] with type = \"spool\" so that send can leave alerts there)",
+                config.path.display()
+            ),
+        ));
+    };
+    match crate::sources::spool::write_spool(&spool.path, integration, body) {
+        Ok(p) => {
+            eprintln!(
+                "oncall-agent: {why}; the alert was written to {} and is sent once the agent reads it",
+                p.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(CliError::new(
+            code,
+            format!(
+                "{why}, and writing to the spool folder {} failed too ({e}); the alert was NOT queued",
+                spool.path.display()
+            ),
         )),
     }
 }

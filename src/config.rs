@@ -159,6 +159,8 @@ struct RawConfig {
     api: Option<RawApi>,
     #[serde(default, rename = "integration")]
     integrations: Vec<RawIntegration>,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +234,39 @@ struct RawIntegration {
     heartbeat: Option<HumanDuration>,
 }
 
+/// `[[source]]`: where alerts come from besides the local HTTP API, chosen by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum RawSource {
+    File {
+        path: PathBuf,
+        integration: String,
+        format: Option<RawLineFormat>,
+        start_at: Option<RawStartAt>,
+        max_line: Option<ByteSize>,
+        uid_fields: Option<Vec<usize>>,
+        poll_interval: Option<HumanDuration>,
+    },
+    Spool {
+        path: PathBuf,
+        poll_interval: Option<HumanDuration>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawLineFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawStartAt {
+    Beginning,
+    End,
+}
+
 // ---------------------------------------------------------------------------------------------
 // What the agent uses.
 
@@ -261,6 +296,9 @@ pub struct Config {
     /// Integrations given by `id` or `api_name` whose inbound URL is not known yet; the daemon
     /// resolves them through the API (`api::resolve`) and moves them into `integrations`.
     pub unresolved: Vec<UnresolvedIntegration>,
+    /// `[[source]]` blocks: tailed files and the spool folder. Applied at start only (a
+    /// reload that changes them says so and keeps the running ones).
+    pub sources: Vec<Source>,
 }
 
 /// `[api]`: the OnCall HTTP API.
@@ -477,6 +515,68 @@ pub struct Integration {
     pub heartbeat: Option<Duration>,
 }
 
+/// Where alerts come from besides the local HTTP API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    File(FileSource),
+    Spool(SpoolSource),
+}
+
+/// `type = "file"`: lines appended to files become alerts (see `sources::file`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSource {
+    /// The path as configured (a file, or a glob in its last component); it names the
+    /// source in logs, status and the saved read positions.
+    pub path: PathBuf,
+    /// The folder holding the files (no wildcards allowed here: it is the folder watched).
+    pub dir: PathBuf,
+    /// The file-name part, matched against every entry of `dir`.
+    pub name_pattern: glob::Pattern,
+    /// Integration that receives the alerts.
+    pub integration: String,
+    pub format: LineFormat,
+    /// Where to start in files that exist when the source first runs. Default beginning.
+    pub start_at: StartAt,
+    /// Longest line forwarded, bytes (without the newline). Longer lines become dead
+    /// letters. Default 64 KiB; at most `queue.max_body`.
+    pub max_line: usize,
+    /// Safety-net rescan period, for changes inotify did not report. Default 5 s.
+    pub poll_interval: Duration,
+}
+
+/// How the lines of a tailed file become alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineFormat {
+    /// One JSON object per line, forwarded verbatim.
+    Json,
+    /// Each line becomes a formatted_webhook alert: `title` = the line, `alert_uid` derived
+    /// from the whitespace-separated fields `uid_fields` (1-based; empty = the whole line).
+    Text { uid_fields: Vec<usize> },
+}
+
+/// Where reading starts in a file the source has never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    /// After the last complete line; only for files present when the source first runs.
+    /// Files that appear later are always read from their beginning.
+    End,
+}
+
+/// `type = "spool"`: one alert per file dropped in `<path>/<integration>/` (see
+/// `sources::spool`); also where `send` writes when the daemon does not answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolSource {
+    pub path: PathBuf,
+    /// Safety-net rescan period, for files inotify did not report. Default 5 s.
+    pub poll_interval: Duration,
+}
+
+/// Default longest line of a tailed file.
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// Default rescan period of file and spool sources.
+pub const DEFAULT_SOURCE_POLL: Duration = Duration::from_secs(5);
+
 impl Integration {
     pub fn redacted_url(&self) -> String {
         redact_url(self.url.expose())
@@ -578,6 +678,14 @@ impl Config {
     /// Where the sled database lives.
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("queue")
+    }
+
+    /// The spool folder, if one is configured (at most one is allowed).
+    pub fn spool(&self) -> Option<&SpoolSource> {
+        self.sources.iter().find_map(|s| match s {
+            Source::Spool(sp) => Some(sp),
+            Source::File(_) => None,
+        })
     }
 }
 
@@ -736,6 +844,7 @@ impl Validator<'_> {
         if listen.unix.is_none() && listen.tcp.is_none() {
             return Err(self.err("listen", "set at least one of listen.unix and listen.tcp"));
         }
+        let sources = self.sources(raw.sources, &seen, &queue)?;
         let state_dir = self.relative(&raw.state_dir);
         let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
@@ -760,6 +869,7 @@ impl Validator<'_> {
             integrations,
             api,
             unresolved,
+            sources,
         })
     }
 
@@ -837,6 +947,109 @@ impl Validator<'_> {
             return Err(self.err(field, "must not hold a user name or password"));
         }
         Ok(url)
+    }
+
+    fn sources(
+        &self,
+        raw: Vec<RawSource>,
+        integrations: &HashSet<String>,
+        queue: &QueueConfig,
+    ) -> Result<Vec<Source>, ConfigError> {
+        let mut out = Vec::new();
+        let mut paths = HashSet::new();
+        for (i, rs) in raw.into_iter().enumerate() {
+            let field = |f: &str| format!("source[{i}].{f}");
+            let poll = |p: Option<HumanDuration>| -> Result<Duration, ConfigError> {
+                let d = p.map_or(DEFAULT_SOURCE_POLL, |d| d.0);
+                if d < Duration::from_millis(10) {
+                    return Err(self.err(field("poll_interval"), "must be at least 10ms"));
+                }
+                Ok(d)
+            };
+            match rs {
+                RawSource::File {
+                    path,
+                    integration,
+                    format,
+                    start_at,
+                    max_line,
+                    uid_fields,
+                    poll_interval,
+                } => {
+                    let path = self.relative(&path);
+                    let (dir, name_pattern) = split_file_pattern(&path)
+                        .map_err(|problem| self.err(field("path"), problem))?;
+                    if !paths.insert(path.clone()) {
+                        return Err(
+                            self.err(field("path"), format!("{} is tailed twice", path.display()))
+                        );
+                    }
+                    if !integrations.contains(&integration) {
+                        return Err(self.err(
+                            field("integration"),
+                            format!("{integration:?} is not a configured integration"),
+                        ));
+                    }
+                    let format = match (format.unwrap_or(RawLineFormat::Json), uid_fields) {
+                        (RawLineFormat::Json, None) => LineFormat::Json,
+                        (RawLineFormat::Json, Some(_)) => {
+                            return Err(
+                                self.err(field("uid_fields"), "only applies to format = \"text\"")
+                            );
+                        }
+                        (RawLineFormat::Text, f) => {
+                            let uid_fields = f.unwrap_or_default();
+                            if uid_fields.len() > 16 || uid_fields.contains(&0) {
+                                return Err(self.err(
+                                    field("uid_fields"),
+                                    "at most 16 field numbers, each 1 or more (1 = first field)",
+                                ));
+                            }
+                            LineFormat::Text { uid_fields }
+                        }
+                    };
+                    let max_line = max_line.map_or(DEFAULT_MAX_LINE as u64, |b| b.0);
+                    if max_line == 0 || max_line > queue.max_body as u64 {
+                        return Err(self.err(
+                            field("max_line"),
+                            format!(
+                                "must be between 1 and queue.max_body ({} bytes)",
+                                queue.max_body
+                            ),
+                        ));
+                    }
+                    out.push(Source::File(FileSource {
+                        path,
+                        dir,
+                        name_pattern,
+                        integration,
+                        format,
+                        start_at: match start_at {
+                            Some(RawStartAt::End) => StartAt::End,
+                            _ => StartAt::Beginning,
+                        },
+                        max_line: max_line as usize,
+                        poll_interval: poll(poll_interval)?,
+                    }));
+                }
+                RawSource::Spool {
+                    path,
+                    poll_interval,
+                } => {
+                    if out.iter().any(|s| matches!(s, Source::Spool(_))) {
+                        return Err(self.err(
+                            field("type"),
+                            "only one spool source may be configured (send writes to it)",
+                        ));
+                    }
+                    out.push(Source::Spool(SpoolSource {
+                        path: self.relative(&path),
+                        poll_interval: poll(poll_interval)?,
+                    }));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn delivery(&self, r: RawDelivery) -> Result<Delivery, ConfigError> {
@@ -1048,6 +1261,25 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Splits a tailed path into its folder (no wildcards: it is what is watched) and the
+/// pattern its files' names must match.
+fn split_file_pattern(path: &Path) -> Result<(PathBuf, glob::Pattern), String> {
+    let wild = |s: &str| s.contains(['*', '?', '[']);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{} does not end in a file name", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if wild(&dir.to_string_lossy()) {
+        return Err(format!(
+            "{}: wildcards are allowed in the file name only, not in folders",
+            path.display()
+        ));
+    }
+    let pattern = glob::Pattern::new(name).map_err(|e| format!("{name:?}: {e}"))?;
+    Ok((dir.to_owned(), pattern))
 }
 
 /// The `<kind>` of `.../integrations/v1/<kind>/<token>/`.
@@ -1374,6 +1606,56 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
     }
 
     #[test]
+    fn sources_parse_with_defaults_and_name_bad_fields() {
+        let c = parse(&format!(
+            "{MIN}\n[[source]]\ntype = \"file\"\npath = \"/var/log/a/*.jsonl\"\nintegration = \"db-prod\"\n\n[[source]]\ntype = \"spool\"\npath = \"/var/spool/oa\"\n"
+        ))
+        .unwrap();
+        let Source::File(f) = &c.sources[0] else {
+            panic!("{:?}", c.sources)
+        };
+        assert_eq!(f.dir, Path::new("/var/log/a"));
+        assert!(f.name_pattern.matches("x.jsonl"));
+        assert_eq!(f.format, LineFormat::Json);
+        assert_eq!(f.start_at, StartAt::Beginning);
+        assert_eq!(f.max_line, 64 * 1024);
+        assert_eq!(c.spool().unwrap().path, Path::new("/var/spool/oa"));
+
+        let bad = |extra: &str| {
+            parse(&format!("{MIN}\n[[source]]\n{extra}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("type = \"file\"\npath = \"/a/x.log\"\nintegration = \"nope\"");
+        assert!(
+            e.contains("source[0].integration") && e.contains("nope"),
+            "{e}"
+        );
+        let e = bad("type = \"file\"\npath = \"/a/*/x.log\"\nintegration = \"db-prod\"");
+        assert!(
+            e.contains("source[0].path") && e.contains("file name only"),
+            "{e}"
+        );
+        let e = bad("type = \"file\"\npath = \"/a/x.log\"\nintegration = \"db-prod\"\nbogus = 1");
+        assert!(e.contains("bogus"), "{e}");
+        let e = bad("type = \"pipe\"\npath = \"/a\"");
+        assert!(e.contains("pipe"), "{e}");
+        let e = bad(
+            "type = \"file\"\npath = \"/a/x.log\"\nintegration = \"db-prod\"\nuid_fields = [1]",
+        );
+        assert!(e.contains("source[0].uid_fields"), "{e}");
+        let e = bad(
+            "type = \"file\"\npath = \"/a/x.log\"\nintegration = \"db-prod\"\nmax_line = \"2MiB\"",
+        );
+        assert!(e.contains("source[0].max_line"), "{e}");
+        let two = format!(
+            "{MIN}\n[[source]]\ntype = \"spool\"\npath = \"/a\"\n[[source]]\ntype = \"spool\"\npath = \"/b\"\n"
+        );
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(e.contains("source[1]") && e.contains("one spool"), "{e}");
+    }
+
+    #[test]
     fn shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
         let c = Config::load(&path).unwrap();
@@ -1383,5 +1665,7 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         assert!(matches!(api.token, ApiToken::File(_)));
         assert_eq!(api.rate.to_string(), "300/5m");
         assert_eq!(c.unresolved[0].by, ApiRef::Id("CFRPV98RPR1U8".into()));
+        assert!(matches!(c.sources[0], Source::File(_)));
+        assert!(c.spool().is_some());
     }
 }

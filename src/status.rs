@@ -78,6 +78,29 @@ pub struct IntegrationReport {
     pub sender: SenderStatus,
 }
 
+/// One `[[source]]` (a tailed path or the spool folder) as `/v1/status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceStatus {
+    /// "file" or "spool".
+    pub kind: String,
+    /// The path as configured.
+    pub path: String,
+    /// Files being followed (file) or waiting to be read (spool).
+    pub files: u64,
+    /// Alerts it put in the queue since start.
+    pub alerts_total: u64,
+    /// Lines or files it could not forward since start: tailed lines went to the dead
+    /// letters, spool files to `failed/`.
+    pub refused_total: u64,
+    /// Why the latest one was refused.
+    pub last_refused: Option<String>,
+    /// The latest trouble reading or queueing (cleared by the next success).
+    pub last_error: Option<String>,
+}
+
+/// The sources' half of the status, keyed by "<kind> <path>", updated by each source.
+pub type SourceBoard = Arc<Mutex<BTreeMap<String, SourceStatus>>>;
+
 /// The whole `/v1/status` answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -88,6 +111,8 @@ pub struct StatusReport {
     pub dead_letters: u64,
     pub org: ScopeStatus,
     pub integrations: Vec<IntegrationReport>,
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
 }
 
 /// Builds [`StatusReport`]s from the queue's counters and the sender's board.
@@ -101,6 +126,8 @@ pub struct Reporter {
     pub rates: Mutex<BTreeMap<String, Rate>>,
     /// Alerts received by source and integration (counted by `queue::Ingest`).
     pub received: crate::metrics::Received,
+    /// What the file and spool sources report about themselves.
+    pub sources: SourceBoard,
 }
 
 impl Reporter {
@@ -152,6 +179,13 @@ impl Reporter {
             dead_letters: self.store.dead_count() as u64,
             org: board.org,
             integrations,
+            sources: self
+                .sources
+                .lock()
+                .expect("sources lock")
+                .values()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -258,6 +292,20 @@ impl StatusReport {
                 budget,
                 state
             );
+        }
+        for src in &self.sources {
+            let _ = write!(
+                s,
+                "source {} {}: {} files, {} alerts queued, {} refused",
+                src.kind, src.path, src.files, src.alerts_total, src.refused_total
+            );
+            if let Some(r) = &src.last_refused {
+                let _ = write!(s, " (latest: {r})");
+            }
+            if let Some(e) = &src.last_error {
+                let _ = write!(s, "; last error: {e}");
+            }
+            s.push('\n');
         }
         s
     }

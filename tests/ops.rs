@@ -166,7 +166,7 @@ async fn log_level_changes_on_reload() {
     let oncall = FakeOnCall::start(&["A"]).await;
     let a = integration("a", &oncall.url("formatted_webhook", "A"));
     let b = integration("b", &dead_end_url());
-    let mut d = Daemon::prepare(&format!("{FAST}{a}{b}\n[log]\nlevel = \"info\"\n"));
+    let mut d = Daemon::prepare(|_| format!("{FAST}{a}{b}\n[log]\nlevel = \"info\"\n"));
     let mut c = d.command();
     c.env_remove("RUST_LOG");
     d.spawn_command(c).await;
@@ -509,7 +509,7 @@ async fn admin_api_is_served_on_the_unix_socket_and_never_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notify_ready_status_watchdog_and_stopping() {
     let oncall = FakeOnCall::start(&["A"]).await;
-    let mut d = Daemon::prepare(&integration("a", &oncall.url("formatted_webhook", "A")));
+    let mut d = Daemon::prepare(|_| integration("a", &oncall.url("formatted_webhook", "A")));
     let notify_path = d.dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -573,7 +573,7 @@ async fn socket_activation_serves_an_alert_through_the_inherited_sockets() {
         "{activate} is missing: apt-get install systemd"
     );
     let oncall = FakeOnCall::start(&["A"]).await;
-    let mut d = Daemon::prepare(&integration("a", &oncall.url("formatted_webhook", "A")));
+    let mut d = Daemon::prepare(|_| integration("a", &oncall.url("formatted_webhook", "A")));
     std::fs::create_dir_all(d.socket.parent().unwrap()).unwrap();
     let mut c = Command::new(activate);
     c.arg("-l")
@@ -708,10 +708,12 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let oncall = FakeOnCall::start(&["A"]).await;
-    let mut d = Daemon::prepare(&format!(
-        "{FAST}{}",
-        integration("a", &oncall.url("formatted_webhook", "A"))
-    ));
+    let mut d = Daemon::prepare(|_| {
+        format!(
+            "{FAST}{}",
+            integration("a", &oncall.url("formatted_webhook", "A"))
+        )
+    });
     // The test plays systemd: it holds the listening socket across the daemon's restart.
     let held = std::net::TcpListener::bind(d.tcp).unwrap();
     let c = with_inherited_socket(&d, held.as_raw_fd());

@@ -28,7 +28,7 @@ complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -s c -l config -
 complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -s V -l version -d 'Print version'
 complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -f -a "run" -d 'Run the daemon'
-complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -f -a "send" -d 'Queue one alert with the running daemon; exits 0 once it is durable'
+complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -f -a "send" -d 'Queue one alert with the running daemon; exits 0 once it is durable. If the daemon does not answer (or is full), the alert goes to the spool folder and is picked up later'
 complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -f -a "status" -d 'Show queues, budgets and failures of the running daemon'
 complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -f -a "check-config" -d 'Validate the config file: exit 0, or 78 with the file, the field and the problem'
 complete -c oncall-agent -n "__fish_oncall_agent_needs_command" -f -a "integrations" -d 'List the OnCall integrations the API token sees (needs [api] in the config)'
@@ -43,14 +43,14 @@ complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s i -l 
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s t -l title -d 'Alert title (formatted_webhook `title`)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s m -l message -d 'Alert text (`message`)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s u -l uid -d 'Grouping id (`alert_uid`): alerts with the same uid form one alert group, and `--state ok` with it resolves the group' -r
-complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l state -d '`alerting` or `ok`' -r -f -a "alerting\t''
-ok\t''"
+complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l state -d '`alerting` or `ok` (any case; also PROBLEM/RECOVERY, and Zabbix\'s 1/0)' -r -f -a "alerting\t'Also `problem` (Nagios/Icinga notification type) and `1` (Zabbix {EVENT.VALUE})'
+ok\t'Also `recovery` (Nagios/Icinga), `resolved` and `0` (Zabbix {EVENT.VALUE})'"
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l link -d 'Link to the source (`link_to_upstream_details`)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l image-url -d 'Image URL (`image_url`)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l json -d 'Send this JSON object verbatim instead (a file, or - for standard input)' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l timeout -d 'Give up waiting for the daemon after this long' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s c -l config -d 'The config file' -r -F
-complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s h -l help -d 'Print help'
+complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -s c -l config -d 'The config file' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -l json -d 'Print the JSON answer instead of a table'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -s h -l help -d 'Print help'
@@ -93,7 +93,7 @@ complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand generate-asset
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand generate-assets" -s c -l config -d 'The config file' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand generate-assets" -s h -l help -d 'Print help'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand help; and not __fish_seen_subcommand_from run send status check-config integrations dead generate-assets help" -f -a "run" -d 'Run the daemon'
-complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand help; and not __fish_seen_subcommand_from run send status check-config integrations dead generate-assets help" -f -a "send" -d 'Queue one alert with the running daemon; exits 0 once it is durable'
+complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand help; and not __fish_seen_subcommand_from run send status check-config integrations dead generate-assets help" -f -a "send" -d 'Queue one alert with the running daemon; exits 0 once it is durable. If the daemon does not answer (or is full), the alert goes to the spool folder and is picked up later'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand help; and not __fish_seen_subcommand_from run send status check-config integrations dead generate-assets help" -f -a "status" -d 'Show queues, budgets and failures of the running daemon'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand help; and not __fish_seen_subcommand_from run send status check-config integrations dead generate-assets help" -f -a "check-config" -d 'Validate the config file: exit 0, or 78 with the file, the field and the problem'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand help; and not __fish_seen_subcommand_from run send status check-config integrations dead generate-assets help" -f -a "integrations" -d 'List the OnCall integrations the API token sees (needs [api] in the config)'

@@ -30,6 +30,8 @@ use crate::clock::Millis;
 
 /// Keys in `queue` that start with this byte are metadata (file offsets), not alerts.
 pub const META_PREFIX: u8 = 0xFF;
+/// A metadata key (starting with [`META_PREFIX`]) and its value; an empty value removes it.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
 /// 8 MiB segments: values up to 2 MiB - header stay inline in the synced log (see module doc).
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
@@ -397,7 +399,8 @@ impl Store {
         self.next_seq.fetch_add(n, Ordering::SeqCst)
     }
 
-    /// Writes new alerts (and optional metadata) in one atomic batch; does not sync.
+    /// Writes new alerts (and optional metadata) in one atomic batch; does not sync. A metadata
+    /// entry with an empty value removes its key (a file source forgetting a finished file).
     pub fn append(
         &self,
         alerts: &[(String, u64, Vec<u8>)],
@@ -409,7 +412,11 @@ impl Store {
         }
         for (k, v) in meta {
             debug_assert_eq!(k.first(), Some(&META_PREFIX));
-            b.insert(k.as_slice(), v.as_slice());
+            if v.is_empty() {
+                b.remove(k.as_slice());
+            } else {
+                b.insert(k.as_slice(), v.as_slice());
+            }
         }
         self.queue.apply_batch(b)?;
         self.count_appended(alerts);
@@ -431,6 +438,36 @@ impl Store {
     /// Reads metadata written with [`Store::append`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.queue.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Up to `limit` metadata entries whose key starts with `prefix` (which must start with
+    /// [`META_PREFIX`]), in key order.
+    pub fn meta_scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<MetaEntry>, StoreError> {
+        debug_assert_eq!(prefix.first(), Some(&META_PREFIX));
+        let mut out = Vec::new();
+        for kv in self.queue.scan_prefix(prefix).take(limit) {
+            let (k, v) = kv?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records, durably, something that never reached the queue and never will as it is (a
+    /// tailed line too long or not JSON, for example). `dl.id` comes from [`Store::reserve_seq`].
+    pub fn put_dead(&self, dls: &[DeadLetter]) -> Result<(), StoreError> {
+        if dls.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for dl in dls {
+            let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
+            b.insert(&dl.id.to_be_bytes(), value);
+        }
+        self.dead.apply_batch(b)?;
+        // Ids come fresh from `reserve_seq`: each is a new dead letter.
+        self.dead_total
+            .fetch_add(dls.len() as u64, Ordering::SeqCst);
+        self.sync()
     }
 
     /// Up to `limit` alerts of `integration` with a sequence number above `after`, oldest first.

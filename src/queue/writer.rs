@@ -138,7 +138,8 @@ impl Ingest {
     }
 
     /// Queues alerts and metadata in one atomic write. With `wait`, waits for room in the
-    /// writer's channel (for file sources, which can simply read later).
+    /// writer's channel (for file sources, which can simply read later). Metadata keys start
+    /// with [`super::store::META_PREFIX`]; an empty value removes the key.
     pub async fn commit(
         &self,
         alerts: Vec<Alert>,
@@ -151,7 +152,8 @@ impl Ingest {
             }
         }
         let used = self.store.total_bytes();
-        if used >= self.max_bytes {
+        // Metadata alone (a file source's read position) always fits, as in `commit_group`.
+        if !alerts.is_empty() && used >= self.max_bytes {
             return Err(IngestError::QueueFull {
                 used,
                 max: self.max_bytes,

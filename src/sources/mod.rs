@@ -1,4 +1,55 @@
-//! How alerts come in. Every source hands alerts to `queue::Ingest` and never touches sled.
+//! How alerts come in. Every source hands alerts to `queue::Ingest` and never writes alerts to
+//! sled itself.
+//!
+//! - [`http`]: the local HTTP API (Unix socket and loopback TCP); [`admin`] beside it.
+//! - [`file`]: `[[source]] type = "file"`, lines appended to files, rotation followed; the read
+//!   position is committed in the same atomic write as the alerts read up to it.
+//! - [`spool`]: `[[source]] type = "spool"`, one alert per file dropped in a folder; also where
+//!   `send` leaves an alert when the daemon does not answer.
+//! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
 
 pub mod admin;
+pub mod file;
 pub mod http;
+pub mod spool;
+pub mod watch;
+
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Source};
+use crate::queue::Ingest;
+use crate::status::SourceBoard;
+
+/// Starts every configured `[[source]]`. Each task stops when `stop` turns true (after the
+/// commit it is in, if any) and drops its [`Ingest`] handle, which the writer waits for.
+/// Changes to sources take effect at the next start; reload leaves them running as they are.
+pub fn start(
+    config: &Config,
+    ingest: &Ingest,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    board: &SourceBoard,
+) -> Vec<JoinHandle<()>> {
+    // Integrations given by id accept alerts before they resolve, so spool folders too.
+    let integrations: Vec<String> = config.integration_names();
+    config
+        .sources
+        .iter()
+        .map(|s| match s {
+            Source::File(f) => tokio::spawn(file::run(
+                f.clone(),
+                ingest.for_source("file"),
+                config.queue.max_body,
+                stop.clone(),
+                board.clone(),
+            )),
+            Source::Spool(sp) => tokio::spawn(spool::run(
+                sp.clone(),
+                integrations.clone(),
+                ingest.for_source("spool"),
+                config.queue.max_body,
+                stop.clone(),
+                board.clone(),
+            )),
+        })
+        .collect()
+}

@@ -277,14 +277,22 @@ pub fn bin() -> &'static str {
 impl Daemon {
     /// Writes a config (`extra` is appended: integrations, limits, ...) and starts the daemon.
     pub async fn start(extra: &str) -> Daemon {
+        Daemon::start_with(|_| extra.to_string()).await
+    }
+
+    /// Like [`Daemon::start`], for configs that name paths inside the daemon's temp dir
+    /// (tailed files, the spool folder): `extra` is given that dir.
+    pub async fn start_with(extra: impl FnOnce(&Path) -> String) -> Daemon {
         let mut d = Daemon::prepare(extra);
         d.spawn().await;
         d
     }
 
-    /// Writes the config like [`Daemon::start`] but starts nothing (for custom launches).
-    pub fn prepare(extra: &str) -> Daemon {
+    /// Writes the config without starting the daemon (for files that must exist before its
+    /// first start, or a `send` while it is down).
+    pub fn prepare(extra: impl FnOnce(&Path) -> String) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        let extra = extra(dir.path());
         let tcp = free_port();
         let socket = dir.path().join("run/agent.sock");
         let config_path = dir.path().join("agent.toml");
@@ -482,6 +490,40 @@ impl Daemon {
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
+    /// Opens the queue database of a stopped daemon (sled allows one process at a time).
+    pub fn open_queue(&self) -> oncall_agent::queue::Store {
+        assert!(
+            self.child.is_none(),
+            "stop the daemon before opening its queue"
+        );
+        oncall_agent::queue::Store::open(&self.state_dir().join("queue"), 8 << 20)
+            .unwrap()
+            .0
+    }
+
+    /// Every alert queued for `integration`, oldest first, as JSON (daemon stopped).
+    pub fn queued(&self, integration: &str) -> Vec<serde_json::Value> {
+        let store = self.open_queue();
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.load_after(integration, after, 10_000).unwrap();
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            out.extend(
+                page.iter()
+                    .map(|(_, e)| serde_json::from_slice(&e.payload).unwrap()),
+            );
+        }
+        out
+    }
+
+    /// Queue depth of the first integration, from /v1/status.
+    pub async fn depth(&self) -> u64 {
+        self.status().await["integrations"][0]["depth"]
+            .as_u64()
+            .unwrap_or(0)
+    }
 }
 
 /// The value of the sample `series` (name with labels, exactly as printed) in a /metrics text.
@@ -490,6 +532,27 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Budgets no test reaches, so delivery is never held back by the limiter.
+pub const NO_LIMITS: &str = "[limits]\nintegration = \"100000/1s\"\norg = \"100000/1s\"\n";
+
+/// Appends `text` to `path` (creating it), in one write.
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// `count` JSON lines `{"alert_uid":uid,"n":from..}`, each ending in a newline.
+pub fn json_lines(uid: &str, from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("{{\"alert_uid\":\"{uid}\",\"n\":{n}}}\n"))
+        .collect()
 }
 
 impl Drop for Daemon {

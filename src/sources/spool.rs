@@ -1,0 +1,473 @@
+//! `[[source]] type = "spool"`: a folder where any program drops one alert per file. This module
+//! owns the folder's layout, reading it, and [`write_spool`], which `send` uses when the daemon
+//! does not answer.
+//!
+//! Layout: `<path>/<integration>/<anything>.json`, one JSON object per file, written elsewhere
+//! (or under a name starting with `.`) and renamed in, so that a file is never read half
+//! written. Names starting with `.` and names not ending in `.json` are not read. Files are
+//! read in name order ([`write_spool`] names start with the time, so that is arrival order).
+//!
+//! A file is removed only once its alert is durable in the queue; a crash in between delivers
+//! it twice, never zero times. A file that cannot be an alert (not a JSON object, larger than
+//! `queue.max_body`, not a regular file) is moved to `<path>/<integration>/failed/` beside a
+//! `<name>.error` file that says why. Folders of integrations that are not configured are not
+//! read.
+//!
+//! Bounds: [`MAX_LISTING`] entries looked at per folder and listing, [`BATCH`] files per commit,
+//! `queue.max_body` bytes read per file.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::file::sleep_or_stop;
+use super::watch::DirWatch;
+use crate::config::SpoolSource;
+use crate::queue::writer::{Alert, Ingest, IngestError};
+use crate::status::{SourceBoard, SourceStatus};
+
+/// Folder entries looked at per integration folder and listing.
+pub const MAX_LISTING: usize = 10_000;
+/// Files committed with one fsync.
+pub const BATCH: usize = 256;
+/// Folder for files that cannot be alerts, inside each integration's folder.
+pub const FAILED_DIR: &str = "failed";
+/// Temporary files of a `send` that died mid-write are removed after this long.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+/// Files whose removal failed, remembered so they are not queued again and again.
+const MAX_STUCK: usize = 10_000;
+
+/// Creates `dir` (and its missing parents) readable and writable by its group whatever the
+/// umask: the agent and the users of `send` share the spool through the group. A setgid bit
+/// inherited from the parent stays, so the group passes on.
+fn make_shared_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        make_shared_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Made by someone else meanwhile (a `send`, the agent): theirs to set up.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode((mode & 0o7000) | 0o770),
+    )
+}
+
+/// Writes one alert into the spool folder the way a dropped file must be: a hidden temporary
+/// file, fsync, rename to its final name, fsync of the folder. Returns the final path.
+pub fn write_spool(spool: &Path, integration: &str, body: &[u8]) -> std::io::Result<PathBuf> {
+    let dir = spool.join(integration);
+    make_shared_dir(&dir)?;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!(
+        "{nanos:020}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let done = dir.join(format!("{name}.json"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o660)
+            .open(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &done)?;
+        std::fs::File::open(&dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(done)
+}
+
+/// One file found in the spool.
+struct Found {
+    integration: String,
+    path: PathBuf,
+}
+
+/// What reading a batch of files gave.
+struct Batch {
+    alerts: Vec<Alert>,
+    /// The files behind `alerts`, removed once they are durable.
+    done: Vec<PathBuf>,
+    /// Files that cannot be alerts, and why.
+    failed: Vec<(PathBuf, String)>,
+}
+
+/// The spool folder's reader (blocking calls; [`run`] drives it).
+struct Spool {
+    src: SpoolSource,
+    integrations: Vec<String>,
+    max_body: usize,
+    /// Files already queued whose removal failed, or that could not be moved to failed/.
+    stuck: HashSet<PathBuf>,
+}
+
+impl Spool {
+    fn dirs(&self) -> Vec<PathBuf> {
+        std::iter::once(self.src.path.clone())
+            .chain(self.integrations.iter().map(|i| self.src.path.join(i)))
+            .collect()
+    }
+
+    /// Creates the folders that are missing (see [`make_shared_dir`]).
+    fn ensure_dirs(&self) -> std::io::Result<()> {
+        for d in self.dirs() {
+            make_shared_dir(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` files waiting, each integration's in name order; and how many wait.
+    fn list(&self, limit: usize) -> (Vec<Found>, u64) {
+        let mut out = Vec::new();
+        let mut waiting = 0;
+        for integration in &self.integrations {
+            let dir = self.src.path.join(integration);
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut names = Vec::new();
+            for de in rd.take(MAX_LISTING).flatten() {
+                let name = de.file_name();
+                let Some(n) = name.to_str() else { continue };
+                if n.starts_with('.') {
+                    if n.ends_with(".tmp") {
+                        remove_if_stale(&de.path());
+                    }
+                    continue;
+                }
+                if !n.ends_with(".json") || de.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = de.path();
+                if self.stuck.contains(&path) {
+                    continue;
+                }
+                names.push(path);
+            }
+            waiting += names.len() as u64;
+            names.sort();
+            for path in names {
+                if out.len() < limit {
+                    out.push(Found {
+                        integration: integration.clone(),
+                        path,
+                    });
+                }
+            }
+        }
+        (out, waiting)
+    }
+
+    fn read(&self, found: Vec<Found>) -> Batch {
+        let mut b = Batch {
+            alerts: Vec::new(),
+            done: Vec::new(),
+            failed: Vec::new(),
+        };
+        for f in found {
+            match read_alert(&f.path, self.max_body) {
+                Ok((payload, key_hash)) => {
+                    b.alerts.push(Alert {
+                        integration: f.integration,
+                        payload,
+                        key_hash,
+                    });
+                    b.done.push(f.path);
+                }
+                // Renamed or removed by someone else meanwhile: not ours any more.
+                Err(ReadError::Gone) => {}
+                Err(ReadError::Bad(why)) => b.failed.push((f.path, why)),
+            }
+        }
+        b
+    }
+
+    /// Moves a file that cannot be an alert to failed/ and writes why beside it.
+    fn fail(&mut self, path: &Path, why: &str) -> Result<PathBuf, String> {
+        let dir = path.parent().unwrap_or(Path::new(".")).join(FAILED_DIR);
+        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        let mut to = dir.join(&name);
+        let moved = (|| -> std::io::Result<()> {
+            make_shared_dir(&dir)?;
+            if to.exists() {
+                let stamp = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos();
+                to = dir.join(format!("{}.{stamp}", name.to_string_lossy()));
+            }
+            let mut why_path = to.clone().into_os_string();
+            why_path.push(".error");
+            std::fs::write(&why_path, format!("{why}\n"))?;
+            std::fs::rename(path, &to)
+        })();
+        match moved {
+            Ok(()) => Ok(to),
+            Err(e) => {
+                self.remember_stuck(path);
+                Err(format!(
+                    "{} cannot be an alert ({why}) and cannot be moved to {}: {e}",
+                    path.display(),
+                    dir.display()
+                ))
+            }
+        }
+    }
+
+    fn remember_stuck(&mut self, path: &Path) {
+        if self.stuck.len() < MAX_STUCK {
+            self.stuck.insert(path.to_owned());
+        }
+    }
+}
+
+fn remove_if_stale(path: &Path) {
+    let old = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_TMP);
+    if old {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+enum ReadError {
+    Gone,
+    Bad(String),
+}
+
+/// Reads one spool file (not following symlinks, not blocking on FIFOs, at most `max_body`
+/// bytes) and checks it is one JSON object.
+fn read_alert(path: &Path, max_body: usize) -> Result<(Vec<u8>, u64), ReadError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Gone),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ReadError::Bad(
+                "it is a symbolic link; spool files must be regular files".into(),
+            ));
+        }
+        Err(e) => return Err(ReadError::Bad(format!("cannot open it: {e}"))),
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(ReadError::Bad("it is not a regular file".into())),
+        Err(e) => return Err(ReadError::Bad(format!("cannot read it: {e}"))),
+    }
+    let mut body = Vec::new();
+    file.take(max_body as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ReadError::Bad(format!("cannot read it: {e}")))?;
+    if body.len() > max_body {
+        return Err(ReadError::Bad(format!(
+            "it is larger than queue.max_body ({max_body} bytes)"
+        )));
+    }
+    let key = crate::sources::http::parse_alert(&body)
+        .map_err(|e| ReadError::Bad(e.replacen("the body", "the file", 1)))?;
+    Ok((body, key))
+}
+
+/// Runs the spool source until `stop` turns true.
+pub async fn run(
+    src: SpoolSource,
+    integrations: Vec<String>,
+    ingest: Ingest,
+    max_body: usize,
+    mut stop: watch::Receiver<bool>,
+    board: SourceBoard,
+) {
+    let name = format!("spool {}", src.path.display());
+    // The board's lock is only poisoned by a panic (and release builds abort on panic).
+    let report = |f: &dyn Fn(&mut SourceStatus)| {
+        let mut b = board.lock().expect("sources lock");
+        let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {
+            kind: "spool".into(),
+            path: src.path.display().to_string(),
+            ..Default::default()
+        });
+        f(s);
+    };
+    report(&|_| {});
+    let poll = src.poll_interval;
+    let mut spool = Some(Spool {
+        src: src.clone(),
+        integrations,
+        max_body,
+        stuck: HashSet::new(),
+    });
+    let mut dirs = DirWatch::new(spool.as_ref().map(|s| s.dirs()).unwrap_or_default());
+    let mut dirs_ok = false;
+    let mut next_poll = tokio::time::Instant::now();
+    // Why queueing failed last and when that was said (see `file::say_again`).
+    let mut said = None;
+    // Files per commit: halved when the queue has no room for a whole batch (the writer takes
+    // a commit whole or not at all), so that one file at a time still goes in.
+    let mut per_commit = BATCH;
+    tracing::info!(path = %src.path.display(), "Reading the spool folder.");
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let polled = tokio::time::Instant::now() >= next_poll;
+        if polled {
+            next_poll = tokio::time::Instant::now() + poll;
+        }
+        let rescan = dirs.take_rescan() || polled;
+        if !rescan {
+            tokio::select! {
+                _ = dirs.wait(next_poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let Some(sp) = spool.take() else { return };
+        let must_create = !dirs_ok;
+        let limit = per_commit;
+        let job = tokio::task::spawn_blocking(move || {
+            let created = if must_create {
+                Some(sp.ensure_dirs())
+            } else {
+                None
+            };
+            let (found, waiting) = sp.list(limit);
+            let batch = sp.read(found);
+            (sp, created, batch, waiting)
+        })
+        .await;
+        let Ok((mut sp, created, batch, waiting)) = job else {
+            tracing::error!(path = %src.path.display(), "The spool reading task failed.");
+            return;
+        };
+        match created {
+            Some(Ok(())) => {
+                dirs_ok = true;
+                dirs.refresh();
+            }
+            Some(Err(e)) => {
+                let msg = format!("cannot create the spool folders: {e}");
+                tracing::error!(path = %src.path.display(), "{msg}. Alerts written there by `send` wait until it is fixed.");
+                report(&|s| s.last_error = Some(msg.clone()));
+            }
+            None => {}
+        }
+        if polled {
+            dirs.refresh();
+        }
+        report(&|s| s.files = waiting);
+        let worked = !batch.alerts.is_empty() || !batch.failed.is_empty();
+
+        let mut queued = 0;
+        let mut retry_later = false;
+        if !batch.alerts.is_empty() {
+            let n = batch.alerts.len();
+            match ingest.commit(batch.alerts, Vec::new(), true).await {
+                Ok(_) => {
+                    queued = n;
+                    per_commit = per_commit.saturating_mul(2).min(BATCH);
+                }
+                Err(IngestError::Closed) => break,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if super::file::say_again(&mut said, &e) {
+                        tracing::warn!(path = %src.path.display(), "Spool files could not be queued ({msg}); they stay and are read again shortly.");
+                    }
+                    report(&|s| s.last_error = Some(msg.clone()));
+                    retry_later = true;
+                    if matches!(e, IngestError::QueueFull { .. }) {
+                        per_commit = (n / 2).max(1);
+                    }
+                }
+            }
+        }
+        let done = if queued > 0 { batch.done } else { Vec::new() };
+        let failed = batch.failed;
+        let job = tokio::task::spawn_blocking(move || {
+            let mut errors = Vec::new();
+            for p in &done {
+                if let Err(e) = std::fs::remove_file(p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    sp.remember_stuck(p);
+                    errors.push(format!(
+                        "{} was queued but cannot be removed ({e}); it is not read again until the agent restarts",
+                        p.display()
+                    ));
+                }
+            }
+            let mut refused = Vec::new();
+            for (p, why) in &failed {
+                match sp.fail(p, why) {
+                    Ok(to) => refused.push(format!("{}: {why}", to.display())),
+                    Err(e) => errors.push(e),
+                }
+            }
+            (sp, errors, refused)
+        })
+        .await;
+        let Ok((sp, errors, refused)) = job else {
+            tracing::error!(path = %src.path.display(), "The spool reading task failed.");
+            return;
+        };
+        spool = Some(sp);
+        for e in &errors {
+            tracing::error!("{e}");
+        }
+        for r in &refused {
+            tracing::error!("A spool file cannot be an alert and was moved aside: {r}");
+        }
+        let (nq, nr, last_r, last_e) = (
+            queued as u64,
+            refused.len() as u64,
+            refused.last().cloned(),
+            errors.last().cloned(),
+        );
+        report(&|s| {
+            s.alerts_total += nq;
+            s.refused_total += nr;
+            if last_r.is_some() {
+                s.last_refused = last_r.clone();
+            }
+            if last_e.is_some() || nq > 0 {
+                s.last_error = last_e.clone();
+            }
+        });
+        if retry_later {
+            if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                break;
+            }
+            dirs.request_rescan();
+        } else if worked {
+            // There may be more than one batch waiting.
+            dirs.request_rescan();
+        }
+    }
+    tracing::debug!(path = %src.path.display(), "The spool source stopped.");
+}
