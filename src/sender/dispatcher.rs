@@ -253,8 +253,9 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until `shutdown` turns true, then lets in-flight requests finish for up to
-    /// `delivery.timeout` more (the caller bounds the whole by `shutdown_timeout`).
+    /// Runs until `shutdown` turns true (or its sender is dropped), then lets in-flight requests
+    /// finish for up to `delivery.timeout` more (the caller bounds the whole by
+    /// `shutdown_timeout`).
     pub async fn run(
         mut self,
         mut control: mpsc::Receiver<Control>,
@@ -275,7 +276,9 @@ impl Dispatcher {
             });
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {}
+                // A dropped sender means no one can stop us any more: stop now. (Its `changed`
+                // is ready at once and forever, so ignoring the error would spin the loop.)
+                r = shutdown.changed() => if r.is_err() { break },
                 Some(d) = self.done_rx.recv() => {
                     self.finish(d)?;
                     while let Ok(d) = self.done_rx.try_recv() {
