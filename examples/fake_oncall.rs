@@ -17,13 +17,18 @@ async fn main() {
         .unwrap_or_else(|| "127.0.0.1:9754".to_string())
         .parse()
         .expect("an address like 127.0.0.1:9754");
-    assert!(addr.ip().is_loopback(), "fake_oncall only listens on loopback");
+    assert!(
+        addr.ip().is_loopback(),
+        "fake_oncall only listens on loopback"
+    );
     let app = Router::new().route(
         "/integrations/v1/{kind}/{token}/",
-        post(|Path((kind, _token)): Path<(String, String)>, body: Bytes| async move {
-            println!("{kind}: {}", String::from_utf8_lossy(&body));
-            "\"Ok.\""
-        }),
+        post(
+            |Path((kind, _token)): Path<(String, String)>, body: Bytes| async move {
+                println!("{kind}: {}", String::from_utf8_lossy(&body));
+                "\"Ok.\""
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     eprintln!("fake OnCall listening on http://{addr}/integrations/v1/<kind>/<token>/");
