@@ -6,8 +6,8 @@
 
 mod sim;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use oncall_agent::config::Delivery;
@@ -89,7 +89,7 @@ async fn integration_429_without_retry_after_probes_once_per_probe_interval_one_
         .map(|h| h.alert)
         .collect();
     assert_eq!(delivered, alerts);
-    let spans = check_pauses(&hits, 15_000).unwrap();
+    let spans = check_pauses(&hits, 15_000, &[]).unwrap();
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].probes.len(), 3);
     let b = sim.board();
@@ -160,7 +160,7 @@ async fn org_429_pauses_every_integration_and_probes_one_request_at_a_time() {
             .count(),
         2
     );
-    check_pauses(&hits, 15_000).unwrap();
+    check_pauses(&hits, 15_000, &[]).unwrap();
     assert!(sim.all_delivered());
     assert_eq!(sim.board().org.rate_limited_total, 6);
     assert_eq!(sim.board().org.paused_reason, None);
@@ -342,6 +342,9 @@ async fn status_shows_budget_used_next_slot_and_drain_time() {
     );
     assert_eq!(r.org.used, 300);
     let table = r.table();
-    assert!(table.contains("budget spent, next slot in 292.6s"), "{table}");
+    assert!(
+        table.contains("budget spent, next slot in 292.6s"),
+        "{table}"
+    );
     assert!(table.contains("~12 min to drain at 300/5m"), "{table}");
 }

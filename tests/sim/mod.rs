@@ -116,7 +116,10 @@ impl Counter {
 
     /// Counts a request arriving at `at`; whether it is over the limit.
     fn hit(&mut self, at: Millis) -> bool {
-        let c = self.counts.entry((at + self.phase) / self.window).or_default();
+        let c = self
+            .counts
+            .entry((at + self.phase) / self.window)
+            .or_default();
         *c += 1;
         *c > self.limit
     }
@@ -326,14 +329,7 @@ impl Transport for FakeOnCall {
                 status: 0,
                 org_limited: false,
             });
-            (
-                s.hits.len() - 1,
-                up,
-                down,
-                fate,
-                n.timeout,
-                server_error,
-            )
+            (s.hits.len() - 1, up, down, fate, n.timeout, server_error)
         };
         let fake = self.clone();
         Box::pin(async move {
@@ -402,6 +398,8 @@ pub struct Sim {
     next_alert: u64,
     /// Alert numbers queued, per integration.
     pub queued: BTreeMap<String, Vec<u64>>,
+    /// When each dispatcher started (for [`check_pauses`]).
+    pub starts: Vec<Millis>,
     running: Option<Running>,
 }
 
@@ -437,6 +435,7 @@ impl Sim {
             history: Vec::new(),
             next_alert: 1,
             queued: BTreeMap::new(),
+            starts: Vec::new(),
             running: None,
         };
         sim.record_rates();
@@ -512,6 +511,7 @@ impl Sim {
     pub fn start(&mut self) {
         assert!(self.running.is_none(), "already running");
         let d = self.dispatcher();
+        self.starts.push(self.clock.now());
         let (control, control_rx) = mpsc::channel(4);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let handle = tokio::spawn(d.run(control_rx, shutdown_rx));
@@ -554,13 +554,25 @@ impl Sim {
     /// process would, then starts a new dispatcher.
     pub async fn crash_and_reopen(&mut self) {
         self.crash().await;
-        let placeholder = Arc::new(open_store(tempfile::tempdir().unwrap().path()));
-        let old = std::mem::replace(&mut self.store, placeholder);
-        let old = Arc::try_unwrap(old)
-            .ok()
-            .expect("no one else holds the store");
-        drop(old);
-        self.store = Arc::new(open_store(self.dir.path()));
+        self.crash_and_reopen_stopped().await;
+    }
+
+    /// Closes the database of a crashed dispatcher, opens it again from disk and starts a new
+    /// dispatcher.
+    pub async fn crash_and_reopen_stopped(&mut self) {
+        // Every handle must go for sled to let go of its files: swap in a stand-in meanwhile.
+        let stand_in_dir = tempfile::tempdir().unwrap();
+        let old = std::mem::replace(&mut self.store, Arc::new(open_store(stand_in_dir.path())));
+        drop(
+            Arc::try_unwrap(old)
+                .ok()
+                .expect("no one else holds the store"),
+        );
+        drop(std::mem::replace(
+            &mut self.store,
+            Arc::new(open_store(self.dir.path())),
+        ));
+        drop(stand_in_dir);
         self.start();
     }
 
@@ -609,11 +621,8 @@ impl Sim {
     }
 
     fn in_flight(&self) -> usize {
-        self.fake
-            .hits()
-            .iter()
-            .filter(|h| h.done.is_none())
-            .count()
+        let s = self.fake.state.lock().unwrap();
+        s.hits.iter().filter(|h| h.done.is_none()).count()
     }
 
     pub fn board(&self) -> SenderBoard {
@@ -701,7 +710,11 @@ fn rates_at<'a>(
 /// it keep the old one). `scope` is an integration, or `None` for the whole organization
 /// (every arrival counts for it, as the agent's own accounting does). Window lengths must not
 /// change over `history`. Returns the first violation, if any.
-pub fn check_budget(hits: &[Hit], history: &[RateChange], scope: Option<&str>) -> Result<(), String> {
+pub fn check_budget(
+    hits: &[Hit],
+    history: &[RateChange],
+    scope: Option<&str>,
+) -> Result<(), String> {
     let mut arr: Vec<(Millis, Millis)> = hits
         .iter()
         .filter(|h| scope.is_none_or(|s| h.integration == s))
@@ -757,13 +770,30 @@ pub struct PauseSpan {
 /// politeness rules: while a scope is paused, a request to it leaves only when nothing else of
 /// that scope is in flight, at least `probe_interval` after the refused request that started
 /// the pause and after the probe before it.
-pub fn check_pauses(hits: &[Hit], probe_interval: Millis) -> Result<Vec<PauseSpan>, String> {
+///
+/// `restarts` are the times the dispatcher was replaced: a new process knows neither the pause
+/// nor the requests the old one left in flight, so a pause ends there and requests sent before
+/// it do not count as in flight for the new one.
+pub fn check_pauses(
+    hits: &[Hit],
+    probe_interval: Millis,
+    restarts: &[Millis],
+) -> Result<Vec<PauseSpan>, String> {
     let mut scopes: Vec<Option<String>> = vec![None];
     for h in hits {
         if !scopes.contains(&Some(h.integration.clone())) {
             scopes.push(Some(h.integration.clone()));
         }
     }
+    // When the dispatcher running at `t` started.
+    let epoch = |t: Millis| {
+        restarts
+            .iter()
+            .copied()
+            .filter(|&r| r <= t)
+            .max()
+            .unwrap_or(0)
+    };
     let mut spans = Vec::new();
     for scope in scopes {
         let in_scope = |h: &Hit| scope.as_ref().is_none_or(|s| &h.integration == s);
@@ -774,16 +804,25 @@ pub fn check_pauses(hits: &[Hit], probe_interval: Millis) -> Result<Vec<PauseSpa
         answered.sort_by_key(|h| h.done);
         let mut cursor = 0;
         loop {
+            // Only an answer to the dispatcher that sent the request can pause it.
             let Some(starter) = answered.iter().find(|h| {
-                h.done.unwrap() >= cursor && h.status == 429 && h.org_limited == scope.is_none()
+                h.done.unwrap() >= cursor
+                    && h.status == 429
+                    && h.org_limited == scope.is_none()
+                    && h.sent >= epoch(h.done.unwrap())
             }) else {
                 break;
             };
             let start = starter.done.unwrap();
-            let end = answered
+            let success = answered
                 .iter()
                 .find(|h| h.status == 200 && h.sent >= start)
                 .map(|h| h.done.unwrap());
+            let restart = restarts.iter().copied().filter(|&r| r >= start).min();
+            let end = match (success, restart) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let during = |t: Millis| t > start && end.is_none_or(|e| t < e);
             let mut probes: Vec<&Hit> = hits
                 .iter()
@@ -802,11 +841,13 @@ pub fn check_pauses(hits: &[Hit], probe_interval: Millis) -> Result<Vec<PauseSpa
                     ));
                 }
                 last = p.sent;
+                let epoch = epoch(p.sent);
                 let others = hits
                     .iter()
                     .filter(|o| {
                         in_scope(o)
                             && !std::ptr::eq(*o, *p)
+                            && o.sent >= epoch
                             && o.sent <= p.sent
                             && o.done.is_none_or(|d| d > p.sent)
                     })
