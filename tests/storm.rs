@@ -547,3 +547,47 @@ proptest! {
         run_plan(p)?;
     }
 }
+
+/// The limiter used to delete, at start-up, the slots of every integration the config no
+/// longer had. Restarted once without an integration and again with it (within one window),
+/// the agent forgot what it had sent there and spent a second budget in the same window.
+#[tokio::test(start_paused = true)]
+async fn an_integration_dropped_from_the_config_across_a_restart_keeps_its_spent_budget() {
+    let ints = [("a", rate(3, 60)), ("b", rate(3, 60))];
+    let mut sim = Sim::new(&ints, rate(500, 300), default_delivery(), 11);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake_limits_equal_to_agent();
+    sim.queue("a", 10);
+    sim.sync();
+    sim.start();
+    sim.run_until(1_000).await;
+    assert_eq!(sim.fake.hits().len(), 3);
+    // Restart without "a" (its queue is kept, nothing of it is sent) ...
+    sim.stop().await;
+    let a = sim.cfg.targets.remove(0);
+    sim.start();
+    sim.run_until(2_000).await;
+    // ... and again with it, as an operator undoing a mistake would.
+    sim.stop().await;
+    sim.cfg.targets.insert(0, a.clone());
+    sim.start();
+    sim.run_until(5_000).await;
+    // And the same through a reload instead of the second restart.
+    sim.stop().await;
+    sim.cfg.targets.remove(0);
+    sim.start();
+    sim.run_until(6_000).await;
+    sim.cfg.targets.insert(0, a);
+    let cfg = sim.cfg.clone();
+    sim.reload(&[], cfg.org).await;
+    sim.run_until(200_000).await;
+
+    let hits = sim.fake.hits();
+    assert_eq!(count_429(&sim), 0);
+    assert_eq!(
+        sends(&hits, Some("a")),
+        [
+            0, 0, 0, 60_100, 60_100, 60_100, 120_200, 120_200, 120_200, 180_300
+        ]
+    );
+}

@@ -206,7 +206,7 @@ impl Dispatcher {
             done_rx,
             board,
         };
-        d.apply(cfg);
+        d.apply(cfg)?;
         // Queues of integrations that are no longer configured are reported, not dropped.
         for name in d.store.depths().keys() {
             if !d.integrations.iter().any(|i| &i.target.name == name) {
@@ -217,8 +217,8 @@ impl Dispatcher {
     }
 
     /// Applies a (re)loaded config: integrations added, removed or changed, limits, delivery.
-    fn apply(&mut self, cfg: SenderConfig) {
-        self.limiters.configure(scopes_of(&cfg));
+    fn apply(&mut self, cfg: SenderConfig) -> Result<(), DispatchError> {
+        self.limiters.configure(scopes_of(&cfg))?;
         self.delivery = cfg.delivery;
         self.org_rate = cfg.org;
         for i in &mut self.integrations {
@@ -251,6 +251,7 @@ impl Dispatcher {
                 }
             }
         }
+        Ok(())
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), then lets in-flight requests
@@ -289,7 +290,7 @@ impl Dispatcher {
                     self.store.flush()?;
                 }
                 Some(c) = control.recv() => match c {
-                    Control::Reload(cfg) => self.apply(cfg),
+                    Control::Reload(cfg) => self.apply(cfg)?,
                 },
                 _ = self.store.committed.notified() => {}
                 _ = sleep => {}
