@@ -8,6 +8,7 @@
 
 mod sim;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -316,6 +317,9 @@ struct Plan {
     retry_max_factor: u32,
     /// The fake's limits one below the agent's lowest budget (else equal to its highest).
     stricter_server: bool,
+    /// Grouping keys per integration (alerts with one key go one at a time, in order); 0: a
+    /// key per alert.
+    keys: u64,
     seed: u64,
 }
 
@@ -326,6 +330,10 @@ enum Event {
     Stop,
     /// New counts for the three integrations and the org (windows unchanged).
     Reload([u32; 3], u32),
+    /// A reload without this integration (its queue stays, it sends nothing) ...
+    Drop(usize),
+    /// ... and one with every integration back.
+    Readd,
 }
 
 fn plan() -> impl Strategy<Value = Plan> {
@@ -335,6 +343,8 @@ fn plan() -> impl Strategy<Value = Plan> {
         Just(Event::CrashAndReopen),
         Just(Event::Stop),
         ([1u32..=6, 1u32..=6, 1u32..=6], 1u32..=10).prop_map(|(i, o)| Event::Reload(i, o)),
+        (0usize..3).prop_map(Event::Drop),
+        Just(Event::Readd),
     ];
     let network = (
         0u64..150,
@@ -360,13 +370,14 @@ fn plan() -> impl Strategy<Value = Plan> {
         [rate(), rate(), rate()],
         (1u32..=10, 2u64..=15),
         proptest::collection::vec((0usize..3, 0u64..60_000, 1u64..=25), 1..10),
-        proptest::collection::vec((0u64..90_000, event), 0..4),
+        proptest::collection::vec((0u64..90_000, event), 0..6),
         network,
         1usize..=4,
         1u64..=5,
         100u64..=1_000,
         1u32..=8,
         proptest::bool::weighted(0.3),
+        prop_oneof![Just(0u64), 1u64..=4],
         any::<u64>(),
     )
         .prop_map(
@@ -381,6 +392,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                 retry_initial_ms,
                 retry_max_factor,
                 stricter_server,
+                keys,
                 seed,
             )| Plan {
                 rates,
@@ -393,6 +405,7 @@ fn plan() -> impl Strategy<Value = Plan> {
                 retry_initial_ms,
                 retry_max_factor,
                 stricter_server,
+                keys,
                 seed,
             },
         )
@@ -464,12 +477,22 @@ fn run_plan(p: Plan) -> Result<(), TestCaseError> {
             .chain(p.events.iter().map(|(at, e)| (*at, Step::Do(e.clone()))))
             .collect();
         steps.sort_by_key(|s| s.0);
+        let mut dropped = Vec::new();
+        let mut keyed: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         sim.start();
         for (at, step) in steps {
             sim.run_until(at).await;
             match step {
                 Step::Arrive(i, n) => {
-                    sim.queue(NAMES[i], n);
+                    let uids: Vec<String> = (0..n)
+                        .map(|k| match p.keys {
+                            0 => format!("{}-{}-{k}", NAMES[i], sim.clock.now()),
+                            keys => format!("{}-key{}", NAMES[i], k % keys),
+                        })
+                        .collect();
+                    for (n, uid) in sim.queue_keyed(NAMES[i], &uids).into_iter().zip(uids) {
+                        keyed.entry(uid).or_default().push(n);
+                    }
                 }
                 // A new process starts a moment after the old one died.
                 Step::Do(Event::Crash) => {
@@ -487,6 +510,18 @@ fn run_plan(p: Plan) -> Result<(), TestCaseError> {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     sim.start();
                 }
+                Step::Do(Event::Drop(i)) => {
+                    if let Some(k) = sim.cfg.targets.iter().position(|t| t.name == NAMES[i]) {
+                        dropped.push(sim.cfg.targets.remove(k));
+                    }
+                    let org = sim.cfg.org;
+                    sim.reload(&[], org).await;
+                }
+                Step::Do(Event::Readd) => {
+                    sim.cfg.targets.append(&mut dropped);
+                    let org = sim.cfg.org;
+                    sim.reload(&[], org).await;
+                }
                 Step::Do(Event::Reload(i, o)) => {
                     let ints: Vec<(&str, oncall_agent::config::Rate)> = NAMES
                         .iter()
@@ -498,9 +533,28 @@ fn run_plan(p: Plan) -> Result<(), TestCaseError> {
                 }
             }
         }
+        // Every integration is back for the end, so that every alert can go.
+        sim.cfg.targets.append(&mut dropped);
+        let org = sim.cfg.org;
+        sim.reload(&[], org).await;
         let drained = sim.run_until_drained(6 * 3_600_000).await;
         prop_assert!(drained, "not drained in 6 h; {} left", sim.queue_depth());
         prop_assert!(sim.all_delivered());
+        // Per grouping key, OnCall first saw the alerts in the order they were queued.
+        let mut first_seen: Vec<u64> = Vec::new();
+        for h in sim.fake.hits() {
+            if h.status == 200 && !first_seen.contains(&h.alert) {
+                first_seen.push(h.alert);
+            }
+        }
+        for (uid, queued) in &keyed {
+            let seen: Vec<u64> = first_seen
+                .iter()
+                .copied()
+                .filter(|n| queued.contains(n))
+                .collect();
+            prop_assert_eq!(&seen, queued, "order of key {}", uid);
+        }
 
         let hits = sim.fake.hits();
         for name in NAMES {
@@ -537,8 +591,8 @@ proptest! {
     })]
 
     /// The scheduler-level proof of the guarantee: random arrivals, latencies, lost answers,
-    /// refused connections and 5xx, crashes, restarts from disk, clean restarts and budget
-    /// changes; a server whose fixed windows have random phases never sees, in any window,
+    /// refused connections and 5xx, crashes, restarts from disk, clean restarts, budget
+    /// changes and integrations dropped from the config and added back; a server whose fixed windows have random phases never sees, in any window,
     /// more than the budget in force (per integration and org-wide), and when its limits are
     /// no lower than the agent's it never answers 429. When they are lower, the agent's pauses
     /// keep one probe per interval with nothing else in flight. Every alert gets through.
@@ -590,4 +644,36 @@ async fn an_integration_dropped_from_the_config_across_a_restart_keeps_its_spent
             0, 0, 0, 60_100, 60_100, 60_100, 120_200, 120_200, 120_200, 180_300
         ]
     );
+}
+
+/// An integration dropped by a reload while it had a request in flight, and re-added: alerts
+/// queued ahead of the one in flight (held back by their grouping key) must still go out.
+#[tokio::test(start_paused = true)]
+async fn an_integration_dropped_and_readded_by_reload_with_a_request_in_flight_delivers_everything()
+{
+    let ints = [("a", rate(300, 300))];
+    let mut sim = Sim::new(&ints, rate(500, 300), default_delivery(), 12);
+    sim.fake.set_network(Network::fixed(500, 500));
+    let uids: Vec<String> = ["x", "x", "y"].iter().map(|s| s.to_string()).collect();
+    sim.queue_keyed("a", &uids);
+    sim.sync();
+    sim.start();
+    sim.run_until(100).await;
+    assert_eq!(
+        sim.fake.hits().len(),
+        2,
+        "the first of each key is in flight"
+    );
+    let a = sim.cfg.targets.remove(0);
+    let org = sim.cfg.org;
+    sim.reload(&[], org).await;
+    sim.run_until(2_000).await;
+    sim.cfg.targets.push(a);
+    sim.reload(&[], org).await;
+    assert!(
+        sim.run_until_drained(60_000).await,
+        "{} left",
+        sim.queue_depth()
+    );
+    assert!(sim.all_delivered());
 }

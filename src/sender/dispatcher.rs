@@ -241,14 +241,13 @@ impl Dispatcher {
         }
         for i in &mut self.integrations {
             i.status.configured = i.configured;
-            if !i.configured {
-                // Nothing of it is sent; what is in flight finishes. Its window is reread
-                // from sled if it comes back.
-                i.window.retain(|e| e.in_flight);
-                i.loaded_upto = i.window.back().map_or(0, |e| e.seq);
-                if i.window.is_empty() {
-                    i.loaded_upto = 0;
-                }
+            // Nothing of it is sent; what is in flight finishes. Its window is reread from
+            // sled if it comes back; but not while a request is in flight: entries ahead of
+            // that one (held back by their grouping key or their backoff) would be dropped
+            // below `loaded_upto` and never read again.
+            if !i.configured && i.in_flight == 0 {
+                i.window.clear();
+                i.loaded_upto = 0;
             }
         }
         Ok(())

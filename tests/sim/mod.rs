@@ -451,14 +451,18 @@ impl Sim {
     }
 
     fn record_rates(&mut self) {
+        // An integration dropped from the config keeps its last rate: its slots still count.
+        let mut integrations = self
+            .history
+            .last()
+            .map(|c| c.integrations.clone())
+            .unwrap_or_default();
+        for t in &self.cfg.targets {
+            integrations.insert(t.name.clone(), t.rate);
+        }
         self.history.push(RateChange {
             at: self.clock.now(),
-            integrations: self
-                .cfg
-                .targets
-                .iter()
-                .map(|t| (t.name.clone(), t.rate))
-                .collect(),
+            integrations,
             org: self.cfg.org,
         });
     }
@@ -466,6 +470,16 @@ impl Sim {
     /// Puts `n` alerts (each its own grouping key) in `integration`'s queue, as the writer
     /// would, and wakes the dispatcher. Returns their numbers.
     pub fn queue(&mut self, integration: &str, n: u64) -> Vec<u64> {
+        let first = self.next_alert;
+        let uids: Vec<String> = (first..first + n)
+            .map(|num| format!("{integration}-{num}"))
+            .collect();
+        self.queue_keyed(integration, &uids)
+    }
+
+    /// Like [`Sim::queue`], with the grouping keys (`alert_uid`) given.
+    pub fn queue_keyed(&mut self, integration: &str, uids: &[String]) -> Vec<u64> {
+        let n = uids.len() as u64;
         let now = self.clock.now();
         let first_seq = self.store.reserve_seq(n);
         let mut rows = Vec::with_capacity(n as usize);
@@ -473,7 +487,7 @@ impl Sim {
         for k in 0..n {
             let num = self.next_alert;
             self.next_alert += 1;
-            let uid = format!("{integration}-{num}");
+            let uid = &uids[k as usize];
             let body = serde_json::json!({
                 "title": format!("storm alert {num}"),
                 "alert_uid": uid,
@@ -576,16 +590,14 @@ impl Sim {
         self.start();
     }
 
-    /// Changes rates (as SIGHUP with a new config does).
+    /// Changes rates (as SIGHUP with a new config does); integrations added to or removed from
+    /// `cfg.targets` beforehand take effect too.
     pub async fn reload(&mut self, integrations: &[(&str, Rate)], org: Rate) {
         for (name, r) in integrations {
-            let t = self
-                .cfg
-                .targets
-                .iter_mut()
-                .find(|t| t.name == *name)
-                .expect("a configured integration");
-            t.rate = *r;
+            let t = self.cfg.targets.iter_mut().find(|t| t.name == *name);
+            if let Some(t) = t {
+                t.rate = *r;
+            }
         }
         self.cfg.org = org;
         self.record_rates();
@@ -654,9 +666,21 @@ impl Sim {
 }
 
 fn open_store(path: &Path) -> Store {
-    let (store, quarantined) = Store::open(&path.join("queue"), 8 * 1024 * 1024).unwrap();
-    assert!(quarantined.is_none());
-    store
+    // sled's background threads let go of the file lock a moment after the last handle is
+    // dropped: a reopen in the same process waits for that (real time; the clock is paused).
+    for _ in 0..500 {
+        match Store::open(&path.join("queue"), 8 * 1024 * 1024) {
+            Ok((store, quarantined)) => {
+                assert!(quarantined.is_none());
+                return store;
+            }
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open the queue: {e}"),
+        }
+    }
+    panic!("the queue's lock was not released in 5 s");
 }
 
 /// Times (ms after `T0`) at which requests were sent, optionally of one integration.
