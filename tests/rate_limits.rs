@@ -6,8 +6,8 @@
 
 mod sim;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use oncall_agent::config::Delivery;
@@ -347,4 +347,64 @@ async fn status_shows_budget_used_next_slot_and_drain_time() {
         "{table}"
     );
     assert!(table.contains("~12 min to drain at 300/5m"), "{table}");
+}
+
+/// Log lines for the test's thread (the paused runtime runs everything on it).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(text)
+            .count()
+    }
+}
+
+/// Six 429s in one pause (four in flight, two refused probes) make one warning, and its end
+/// one line; a second pause another pair.
+#[tokio::test(start_paused = true)]
+async fn a_429_pause_is_logged_once_not_per_refused_request() {
+    let logs = Logs::default();
+    let w = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), delivery(), 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake.script(|h| {
+        let t = h.arrived.unwrap() - T0;
+        (t < 40_000 || (100_000..130_000).contains(&t)).then(Reply::integration_429)
+    });
+    sim.queue("a", 12);
+    sim.sync();
+    sim.start();
+    sim.run_until(60_000).await;
+    assert_eq!(count_429(&sim.fake.hits()), 6);
+    assert_eq!(logs.count("OnCall answered 429"), 1);
+    assert_eq!(logs.count("The rate-limit pause is over"), 1);
+    sim.queue("a", 5);
+    sim.run_until(100_000).await;
+    sim.queue("a", 5);
+    sim.run_until(200_000).await;
+    assert!(sim.all_delivered());
+    assert_eq!(logs.count("OnCall answered 429"), 2);
+    assert_eq!(logs.count("The rate-limit pause is over"), 2);
+}
+
+fn count_429(hits: &[Hit]) -> usize {
+    hits.iter().filter(|h| h.status == 429).count()
 }

@@ -186,6 +186,8 @@ struct FakeState {
     org: Option<Counter>,
     script: Option<Script>,
     hits: Vec<Hit>,
+    /// Requests whose outcome has not reached the agent yet.
+    in_flight: usize,
 }
 
 /// The fake OnCall. Cheap to clone; clones share the server.
@@ -207,6 +209,7 @@ impl FakeOnCall {
                 org: None,
                 script: None,
                 hits: Vec::new(),
+                in_flight: 0,
             })),
         }
     }
@@ -277,6 +280,7 @@ impl FakeOnCall {
 
     fn finish(&self, idx: usize, at: Millis, reply: Option<&Reply>) {
         let mut s = self.state.lock().unwrap();
+        s.in_flight -= 1;
         let h = &mut s.hits[idx];
         h.done = Some(at);
         if let Some(r) = reply {
@@ -320,6 +324,7 @@ impl Transport for FakeOnCall {
                 Fate::Answered
             };
             let server_error = s.rng.random_bool(n.server_error.clamp(0.0, 1.0));
+            s.in_flight += 1;
             s.hits.push(Hit {
                 integration,
                 alert,
@@ -633,8 +638,7 @@ impl Sim {
     }
 
     fn in_flight(&self) -> usize {
-        let s = self.fake.state.lock().unwrap();
-        s.hits.iter().filter(|h| h.done.is_none()).count()
+        self.fake.state.lock().unwrap().in_flight
     }
 
     pub fn board(&self) -> SenderBoard {
