@@ -831,16 +831,13 @@ pub fn check_pauses(
             .collect();
         answered.sort_by_key(|h| h.done);
         let mut cursor = 0;
-        loop {
-            // Only an answer to the dispatcher that sent the request can pause it.
-            let Some(starter) = answered.iter().find(|h| {
-                h.done.unwrap() >= cursor
-                    && h.status == 429
-                    && h.org_limited == scope.is_none()
-                    && h.sent >= epoch(h.done.unwrap())
-            }) else {
-                break;
-            };
+        // Only an answer to the dispatcher that sent the request can pause it.
+        while let Some(starter) = answered.iter().find(|h| {
+            h.done.unwrap() >= cursor
+                && h.status == 429
+                && h.org_limited == scope.is_none()
+                && h.sent >= epoch(h.done.unwrap())
+        }) {
             let start = starter.done.unwrap();
             let success = answered
                 .iter()
