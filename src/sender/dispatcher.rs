@@ -228,7 +228,7 @@ impl Dispatcher {
             board,
             acks: Vec::new(),
         };
-        d.apply(cfg);
+        d.apply(cfg)?;
         // Queues of integrations that are no longer configured are reported, not dropped.
         for name in d.store.depths().keys() {
             if !d.integrations.iter().any(|i| &i.target.name == name) {
@@ -239,8 +239,8 @@ impl Dispatcher {
     }
 
     /// Applies a (re)loaded config: integrations added, removed or changed, limits, delivery.
-    fn apply(&mut self, cfg: SenderConfig) {
-        self.limiters.configure(scopes_of(&cfg));
+    fn apply(&mut self, cfg: SenderConfig) -> Result<(), DispatchError> {
+        self.limiters.configure(scopes_of(&cfg))?;
         self.delivery = cfg.delivery;
         self.org_rate = cfg.org;
         for i in &mut self.integrations {
@@ -263,20 +263,21 @@ impl Dispatcher {
         }
         for i in &mut self.integrations {
             i.status.configured = i.configured;
-            if !i.configured {
-                // Nothing of it is sent; what is in flight finishes. Its window is reread
-                // from sled if it comes back.
-                i.window.retain(|e| e.in_flight);
-                i.loaded_upto = i.window.back().map_or(0, |e| e.seq);
-                if i.window.is_empty() {
-                    i.loaded_upto = 0;
-                }
+            // Nothing of it is sent; what is in flight finishes. Its window is reread from
+            // sled if it comes back; but not while a request is in flight: entries ahead of
+            // that one (held back by their grouping key or their backoff) would be dropped
+            // below `loaded_upto` and never read again.
+            if !i.configured && i.in_flight == 0 {
+                i.window.clear();
+                i.loaded_upto = 0;
             }
         }
+        Ok(())
     }
 
-    /// Runs until `shutdown` turns true, then lets in-flight requests finish for up to
-    /// `delivery.timeout` more (the caller bounds the whole by `shutdown_timeout`).
+    /// Runs until `shutdown` turns true (or its sender is dropped), then lets in-flight requests
+    /// finish for up to `delivery.timeout` more (the caller bounds the whole by
+    /// `shutdown_timeout`).
     pub async fn run(
         mut self,
         mut control: mpsc::Receiver<Control>,
@@ -297,7 +298,9 @@ impl Dispatcher {
             });
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {}
+                // A dropped sender means no one can stop us any more: stop now. (Its `changed`
+                // is ready at once and forever, so ignoring the error would spin the loop.)
+                r = shutdown.changed() => if r.is_err() { break },
                 Some(d) = self.done_rx.recv() => {
                     self.finish(d)?;
                     while let Ok(d) = self.done_rx.try_recv() {
@@ -306,7 +309,7 @@ impl Dispatcher {
                     self.flush_acks()?;
                 }
                 Some(c) = control.recv() => match c {
-                    Control::Reload(cfg) => self.apply(cfg),
+                    Control::Reload(cfg) => self.apply(cfg)?,
                     Control::Ping(reply) => { let _ = reply.send(()); }
                 },
                 _ = self.store.committed.notified() => {}

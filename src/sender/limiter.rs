@@ -175,8 +175,9 @@ pub struct LimiterSet {
 }
 
 impl LimiterSet {
-    /// Loads persisted slots; scopes not in `rates` keep their slots on disk only while they
-    /// can still matter.
+    /// Loads persisted slots. Slots of a scope not in `rates` (an integration dropped from the
+    /// config) stay on disk, not in memory: if it comes back, by a restart or a reload, what it
+    /// sent still counts (at most N small entries per dropped integration).
     pub fn load(
         tree: sled::Tree,
         rates: impl IntoIterator<Item = (Scope, Rate)>,
@@ -195,22 +196,13 @@ impl LimiterSet {
                 continue;
             };
             next_id = next_id.max(id + 1);
-            let (Ok(sent), Ok(until)) = (
-                <[u8; 8]>::try_from(v.get(0..8).unwrap_or_default()),
-                <[u8; 8]>::try_from(v.get(8..16).unwrap_or_default()),
-            ) else {
+            let Some((sent, until)) = slot_times(&v) else {
                 stale.push(k);
                 continue;
             };
-            let slot = Slot {
-                id,
-                sent: u64::from_be_bytes(sent),
-                until: u64::from_be_bytes(until),
-            };
-            match limiters.get_mut(&scope) {
-                Some(l) => l.restore(slot),
-                // An integration no longer configured: its slots cannot be spent any more.
-                None => stale.push(k),
+            let slot = Slot { id, sent, until };
+            if let Some(l) = limiters.get_mut(&scope) {
+                l.restore(slot);
             }
         }
         for k in stale {
@@ -225,16 +217,30 @@ impl LimiterSet {
         Ok(set)
     }
 
-    /// Adds, updates or removes scopes after a reload.
-    pub fn configure(&mut self, rates: impl IntoIterator<Item = (Scope, Rate)>) {
+    /// Adds or updates scopes after a reload. A scope new to this process gets the slots it left
+    /// on disk before a restart (see [`LimiterSet::load`]).
+    pub fn configure(
+        &mut self,
+        rates: impl IntoIterator<Item = (Scope, Rate)>,
+    ) -> Result<(), sled::Error> {
         for (scope, rate) in rates {
             match self.limiters.get_mut(&scope) {
                 Some(l) => l.set_rate(rate),
                 None => {
-                    self.limiters.insert(scope, Limiter::new(rate));
+                    let mut l = Limiter::new(rate);
+                    for kv in self.tree.scan_prefix(scope.key_prefix()) {
+                        let (k, v) = kv?;
+                        if let (Some((_, id)), Some((sent, until))) =
+                            (Scope::from_key(&k), slot_times(&v))
+                        {
+                            l.restore(Slot { id, sent, until });
+                        }
+                    }
+                    self.limiters.insert(scope, l);
                 }
             }
         }
+        Ok(())
     }
 
     pub fn get(&self, scope: &Scope) -> Option<&Limiter> {
@@ -303,6 +309,13 @@ fn slot_key(scope: &Scope, id: u64) -> Vec<u8> {
     let mut k = scope.key_prefix();
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+/// `(sent, until)` of a persisted slot.
+fn slot_times(v: &[u8]) -> Option<(Millis, Millis)> {
+    let sent = <[u8; 8]>::try_from(v.get(0..8)?).ok()?;
+    let until = <[u8; 8]>::try_from(v.get(8..16)?).ok()?;
+    Some((u64::from_be_bytes(sent), u64::from_be_bytes(until)))
 }
 
 fn slot_value(s: &Slot) -> [u8; 16] {
@@ -400,7 +413,7 @@ mod tests {
                 if change == 0 && !raised && n > 1 {
                     raised = true;
                     let lower = rate(n / 2, window_s);
-                    set.configure([(scope.clone(), lower)]);
+                    set.configure([(scope.clone(), lower)]).unwrap();
                 }
                 let scopes = [scope.clone(), Scope::Org];
                 now = set.next_free(&scopes, now);

@@ -1,0 +1,412 @@
+//! Exact schedules of the sender on tokio's paused clock, against an in-process fake OnCall
+//! (tests/sim): when requests leave under a budget, after a 429 with and without Retry-After,
+//! after 5xx answers, and how the org budget is shared. Times are milliseconds after the
+//! simulation's start; the fake's network takes 40 ms up and 60 ms down unless a test says
+//! otherwise, so an answer comes back 100 ms after its request left.
+
+mod sim;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use oncall_agent::config::Delivery;
+use oncall_agent::status::Reporter;
+use sim::*;
+
+fn delivery() -> Delivery {
+    default_delivery()
+}
+
+/// Statuses the fake answered, in send order.
+fn statuses(hits: &[Hit]) -> Vec<u16> {
+    hits.iter().map(|h| h.status).collect()
+}
+
+/// The first `n` hits answered with `reply`, then the limits decide.
+fn first(n: u32, reply: Reply) -> impl FnMut(&Hit) -> Option<Reply> + Send + 'static {
+    let seen = AtomicU32::new(0);
+    move |_| (seen.fetch_add(1, Ordering::SeqCst) < n).then(|| reply.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_frees_a_slot_a_full_window_after_the_oldest_answer() {
+    let mut sim = Sim::new(&[("a", rate(3, 10))], rate(500, 300), delivery(), 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.queue("a", 7);
+    sim.sync();
+    sim.start();
+    sim.run_until(60_000).await;
+    // Three at once (the budget, though 4 may be in flight); the next three a full window after
+    // the answers (100 ms), not after the sends; then the last.
+    assert_eq!(
+        sends(&sim.fake.hits(), None),
+        [0, 0, 0, 10_100, 10_100, 10_100, 20_200]
+    );
+    assert!(sim.all_delivered());
+}
+
+#[tokio::test(start_paused = true)]
+async fn integration_429_without_retry_after_probes_once_per_probe_interval_one_at_a_time() {
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), delivery(), 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    // OnCall's window for the integration is spent until 40 s.
+    sim.fake
+        .script(|h| (h.arrived.unwrap() < T0 + 40_000).then(Reply::integration_429));
+    let alerts = sim.queue("a", 12);
+    sim.sync();
+    sim.start();
+
+    sim.run_until(20_000).await;
+    let b = sim.board();
+    let a = &b.integrations["a"];
+    assert_eq!(a.budget.rate_limited_total, 5);
+    assert_eq!(
+        a.budget.paused_reason.as_deref(),
+        Some("429 without Retry-After; probing")
+    );
+    assert_eq!(b.org.paused_reason, None);
+
+    sim.run_until(60_000).await;
+    let hits = sim.fake.hits();
+    // Four in flight when the first 429 came back; then one probe every 15 s, counted from the
+    // refused request's send; the third probe gets through and the integration resumes at full
+    // concurrency the moment its answer is in.
+    assert_eq!(
+        sends(&hits, None),
+        [
+            0, 0, 0, 0, 15_000, 30_000, 45_000, 45_100, 45_100, 45_100, 45_100, 45_200, 45_200,
+            45_200, 45_200, 45_300, 45_300, 45_300
+        ]
+    );
+    assert_eq!(statuses(&hits)[..7], [429, 429, 429, 429, 429, 429, 200]);
+    // Every probe is the head of the queue: the order is kept.
+    let probes: Vec<u64> = hits[4..7].iter().map(|h| h.alert).collect();
+    assert_eq!(probes, [alerts[0]; 3]);
+    let delivered: Vec<u64> = hits
+        .iter()
+        .filter(|h| h.status == 200)
+        .map(|h| h.alert)
+        .collect();
+    assert_eq!(delivered, alerts);
+    let spans = check_pauses(&hits, 15_000, &[]).unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].probes.len(), 3);
+    let b = sim.board();
+    assert_eq!(b.integrations["a"].budget.rate_limited_total, 6);
+    assert_eq!(b.integrations["a"].budget.paused_reason, None);
+    assert_eq!(b.org.rate_limited_total, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn org_429_pauses_every_integration_and_probes_one_request_at_a_time() {
+    let mut d = delivery();
+    d.concurrency = 2;
+    let mut sim = Sim::new(
+        &[("a", rate(300, 300)), ("b", rate(300, 300))],
+        rate(500, 300),
+        d,
+        1,
+    );
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake
+        .script(|h| (h.arrived.unwrap() < T0 + 40_000).then(Reply::org_429));
+    sim.queue("a", 10);
+    sim.queue("b", 10);
+    sim.sync();
+    sim.start();
+    sim.run_until(20_000).await;
+    let b = sim.board();
+    assert_eq!(b.org.rate_limited_total, 5);
+    assert_eq!(
+        b.org.paused_reason.as_deref(),
+        Some("429 without Retry-After; probing")
+    );
+    assert_eq!(b.integrations["a"].budget.rate_limited_total, 0);
+
+    sim.run_until(60_000).await;
+    let hits = sim.fake.hits();
+    let early: Vec<(u64, &str)> = hits
+        .iter()
+        .filter(|h| h.sent < T0 + 45_100)
+        .map(|h| (h.sent - T0, h.integration.as_str()))
+        .collect();
+    // Round-robin at the start, then the whole organization waits: one probe per interval,
+    // taking turns between the integrations, never two at once.
+    assert_eq!(
+        early,
+        [
+            (0, "a"),
+            (0, "b"),
+            (0, "a"),
+            (0, "b"),
+            (15_000, "a"),
+            (30_000, "b"),
+            (45_000, "a")
+        ]
+    );
+    // Both resume together once the probe got through.
+    assert_eq!(
+        sends(&hits, Some("a"))
+            .iter()
+            .filter(|&&t| t == 45_100)
+            .count(),
+        2
+    );
+    assert_eq!(
+        sends(&hits, Some("b"))
+            .iter()
+            .filter(|&&t| t == 45_100)
+            .count(),
+        2
+    );
+    check_pauses(&hits, 15_000, &[]).unwrap();
+    assert!(sim.all_delivered());
+    assert_eq!(sim.board().org.rate_limited_total, 6);
+    assert_eq!(sim.board().org.paused_reason, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_is_waited_exactly() {
+    let mut d = delivery();
+    d.concurrency = 1;
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), d, 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake
+        .script(first(1, Reply::integration_429().retry_after("7")));
+    sim.queue("a", 3);
+    sim.sync();
+    sim.start();
+    sim.run_until(3_000).await;
+    let b = sim.board();
+    assert_eq!(b.at, T0 + 100);
+    assert_eq!(b.integrations["a"].budget.paused_for_s, Some(7.0));
+    assert_eq!(
+        b.integrations["a"].budget.paused_reason.as_deref(),
+        Some("429 with Retry-After 7s")
+    );
+    sim.run_until(20_000).await;
+    // The 429 came back at 100 ms; the retry leaves exactly 7 s later.
+    assert_eq!(sends(&sim.fake.hits(), None), [0, 7_100, 7_200, 7_300]);
+    assert!(sim.all_delivered());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_http_date_is_waited() {
+    let mut d = delivery();
+    d.concurrency = 1;
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), d, 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    let seen = AtomicU32::new(0);
+    // The date is on the wall clock, which paused time does not move; HTTP dates have whole
+    // seconds, so "7 s from now" reads as 6..7 s.
+    sim.fake.script(move |_| {
+        (seen.fetch_add(1, Ordering::SeqCst) == 0).then(|| {
+            let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(7));
+            Reply::integration_429().retry_after(&at)
+        })
+    });
+    sim.queue("a", 2);
+    sim.sync();
+    sim.start();
+    sim.run_until(20_000).await;
+    let s = sends(&sim.fake.hits(), None);
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert!((6_100..=7_100).contains(&s[1]), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_errors_back_off_exactly_doubling_up_to_retry_max() {
+    let mut d = delivery();
+    d.retry_initial = Duration::from_secs(1);
+    d.retry_max = Duration::from_secs(8);
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), d, 1);
+    sim.fake.set_network(Network::fixed(0, 0));
+    sim.fake
+        .script(first(7, Reply::new(503, "Service Unavailable")));
+    sim.queue("a", 1);
+    sim.sync();
+    sim.start();
+    sim.run_until(60_000).await;
+    // 1, 2, 4, 8, then capped at 8 s.
+    assert_eq!(
+        sends(&sim.fake.hits(), None),
+        [0, 1_000, 3_000, 7_000, 15_000, 23_000, 31_000, 39_000]
+    );
+    assert!(sim.all_delivered());
+    assert_eq!(sim.board().integrations["a"].retried_total, 7);
+}
+
+/// Retries spend budget like any request: with room for 2 requests per 10 s, the backoff
+/// schedule (1, 2, 4, 8, 8 s) is held back wherever the budget is spent; in whichever scope.
+#[tokio::test(start_paused = true)]
+async fn server_error_retries_spend_the_integration_and_org_budgets() {
+    for (int, org) in [(rate(2, 10), rate(500, 300)), (rate(300, 300), rate(2, 10))] {
+        let mut d = delivery();
+        d.retry_max = Duration::from_secs(8);
+        let mut sim = Sim::new(&[("a", int)], org, d, 1);
+        sim.fake.set_network(Network::fixed(0, 0));
+        sim.fake
+            .script(first(5, Reply::new(503, "Service Unavailable")));
+        sim.queue("a", 1);
+        sim.sync();
+        sim.start();
+        sim.run_until(60_000).await;
+        // 0, +1 s; +2 s would be 3 s but the two slots (answered at 0 and 1 s) free at 10 s;
+        // +4 s = 14 s (free from 11 s); +8 s = 22 s (free from 20 s); +8 s = 30 s.
+        assert_eq!(
+            sends(&sim.fake.hits(), None),
+            [0, 1_000, 10_000, 14_000, 22_000, 30_000],
+            "integration {int}, org {org}"
+        );
+        assert!(sim.all_delivered());
+    }
+}
+
+/// OnCall's budget is spent by the storm of one integration when a second one gets 10 alerts:
+/// round-robin gives it every other slot the org budget frees, so its 10 go out within the
+/// next 20 slots, not after the 50,000.
+#[tokio::test(start_paused = true)]
+async fn ten_alerts_beside_fifty_thousand_get_their_fair_share_of_the_org_budget() {
+    let mut sim = Sim::new(
+        &[("storm", rate(1000, 300)), ("quiet", rate(300, 300))],
+        rate(500, 300),
+        delivery(),
+        1,
+    );
+    sim.fake.set_network(Network::fixed(20, 30));
+    sim.fake_limits_equal_to_agent();
+    sim.queue("storm", 50_000);
+    sim.sync();
+    sim.start();
+    sim.run_until(60_000).await;
+    assert_eq!(sim.fake.hits().len(), 500, "the org budget is spent");
+    let quiet = sim.queue("quiet", 10);
+    sim.run_until(400_000).await;
+
+    let hits = sim.fake.hits();
+    let after: Vec<&Hit> = hits.iter().filter(|h| h.sent > T0 + 60_000).collect();
+    let last_quiet = after
+        .iter()
+        .rposition(|h| h.integration == "quiet")
+        .unwrap();
+    assert!(
+        last_quiet < 20,
+        "the 10 quiet alerts took {} org slots",
+        last_quiet + 1
+    );
+    let mut got: Vec<u64> = after
+        .iter()
+        .filter(|h| h.integration == "quiet" && h.status == 200)
+        .map(|h| h.alert)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, quiet);
+    // They went out as soon as the org budget allowed: at the first freed slots, ~300 s.
+    let first_slot = after[0].sent - T0;
+    assert!((300_000..300_100).contains(&first_slot), "{first_slot}");
+    assert!(after[last_quiet].sent - T0 < first_slot + 1_000);
+    assert!(hits.iter().all(|h| h.status == 200));
+    assert!(sim.queue_depth() > 49_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_shows_budget_used_next_slot_and_drain_time() {
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), delivery(), 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.queue("a", 1_000);
+    sim.sync();
+    sim.start();
+    sim.run_until(10_000).await;
+    let reporter = Reporter {
+        store: sim.store.clone(),
+        board: sim.board.clone(),
+        clock: sim.clock,
+        started: T0,
+        max_bytes: 1 << 30,
+        rates: Mutex::new([("a".to_string(), rate(300, 300))].into()),
+        received: Default::default(),
+        sources: Default::default(),
+    };
+    let r = reporter.report();
+    let a = r.integrations.iter().find(|i| i.name == "a").unwrap();
+    assert_eq!(a.depth, 700);
+    assert_eq!(a.sender.budget.limit, "300/5m");
+    assert_eq!(a.sender.budget.used, 300);
+    // The board was published when the last answer came in (75 rounds of 4, 100 ms each):
+    // the oldest answer (100 ms) is a window behind at 300.1 s.
+    let b = sim.board();
+    assert_eq!(b.at, T0 + 7_500);
+    assert_eq!(a.sender.budget.next_free_in_s, 292.6);
+    assert_eq!(
+        a.drain_estimate.as_deref(),
+        Some("~12 min to drain at 300/5m")
+    );
+    assert_eq!(r.org.used, 300);
+    let table = r.table();
+    assert!(
+        table.contains("budget spent, next slot in 292.6s"),
+        "{table}"
+    );
+    assert!(table.contains("~12 min to drain at 300/5m"), "{table}");
+}
+
+/// Log lines for the test's thread (the paused runtime runs everything on it).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(text)
+            .count()
+    }
+}
+
+/// Six 429s in one pause (four in flight, two refused probes) make one warning, and its end
+/// one line; a second pause another pair.
+#[tokio::test(start_paused = true)]
+async fn a_429_pause_is_logged_once_not_per_refused_request() {
+    let logs = Logs::default();
+    let w = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), delivery(), 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake.script(|h| {
+        let t = h.arrived.unwrap() - T0;
+        (t < 40_000 || (100_000..130_000).contains(&t)).then(Reply::integration_429)
+    });
+    sim.queue("a", 12);
+    sim.sync();
+    sim.start();
+    sim.run_until(60_000).await;
+    assert_eq!(count_429(&sim.fake.hits()), 6);
+    assert_eq!(logs.count("OnCall answered 429"), 1);
+    assert_eq!(logs.count("The rate-limit pause is over"), 1);
+    sim.queue("a", 5);
+    sim.run_until(100_000).await;
+    sim.queue("a", 5);
+    sim.run_until(200_000).await;
+    assert!(sim.all_delivered());
+    assert_eq!(logs.count("OnCall answered 429"), 2);
+    assert_eq!(logs.count("The rate-limit pause is over"), 2);
+}
+
+fn count_429(hits: &[Hit]) -> usize {
+    hits.iter().filter(|h| h.status == 429).count()
+}
