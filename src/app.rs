@@ -228,7 +228,16 @@ pub async fn run_with(
     })
     .await;
     // Every Ingest handle is gone once the servers are: the writer commits what it holds.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Bounded: a source or connection still holding a handle must not hang the stop. Every
+    // alert already answered is on disk, whatever the writer still holds is unanswered.
+    if tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || writer.join()))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "The queue writer did not finish within shutdown_timeout; stopping anyway (alerts it had not answered were not acknowledged to their senders)."
+        );
+    }
     if sender_done.is_none() {
         match tokio::time::timeout(deadline, sender).await {
             Ok(Ok(Ok(()))) => {}

@@ -153,7 +153,19 @@ impl Reporter {
                 } else {
                     None
                 };
-                let drain = rates.get(name).and_then(|r| {
+                // The slower of the integration's budget and the org's: when the org budget
+                // binds, the integration cannot drain faster than it (it may share it, too).
+                let org_rate = board.org.limit.parse::<Rate>().ok();
+                let slower = |r: &Rate| match org_rate {
+                    Some(o)
+                        if (o.count as f64 / o.per.as_secs_f64())
+                            < (r.count as f64 / r.per.as_secs_f64()) =>
+                    {
+                        o
+                    }
+                    _ => *r,
+                };
+                let drain = rates.get(name).map(slower).and_then(|r| {
                     drain_estimate(
                         d.alerts,
                         r.count as u64,

@@ -408,8 +408,9 @@ mod tests {
                 if restart {
                     set = LimiterSet::load(tree.clone(), [(scope.clone(), r), (Scope::Org, r)], now).unwrap();
                 }
-                // A config change that only ever raises nothing: lowering is the interesting
-                // case (raising changes the guarantee itself). Lower once, to half.
+                // A config change: lower the integration's budget once, to half. (Raising it
+                // changes the guarantee itself; the dispatcher-level proptest in tests/storm.rs
+                // checks each budget in force, this one the original budget throughout.)
                 if change == 0 && !raised && n > 1 {
                     raised = true;
                     let lower = rate(n / 2, window_s);
