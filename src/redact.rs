@@ -49,6 +49,20 @@ pub fn redact_url(url: &reqwest::Url) -> String {
     format!("{origin}/***")
 }
 
+/// A reqwest error in words, without its URL: reqwest puts the URL (and so an integration's
+/// token) in its errors' `Display`. The causes are kept, since they say what went wrong.
+pub fn reqwest_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    detail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,15 +165,7 @@ pub fn transport_error(e: reqwest::Error) -> TransportError {
 }
 
 fn describe_reqwest(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut detail = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        src = s.source();
-    }
-    detail
+    crate::redact::reqwest_error(e)
 }
 
 /// What an API answer means, decided here and only here.

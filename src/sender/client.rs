@@ -101,14 +101,7 @@ fn network_error(e: reqwest::Error) -> Outcome {
     } else {
         "failed"
     };
-    let e = e.without_url();
-    let mut detail = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        src = s.source();
-    }
+    let detail = crate::redact::reqwest_error(e);
     Outcome::Retry {
         reason: format!("request {kind} ({detail})"),
         after: None,
