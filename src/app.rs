@@ -68,6 +68,13 @@ pub async fn run_with(
     stop: impl Future<Output = ()> + Send,
     hooks: Hooks,
 ) -> Result<(), AppError> {
+    // First of all: SIGHUP's default action ends the process, and a reload may come as soon
+    // as the listeners answer (systemd's ExecReload, a script right after start). A signal
+    // that arrives before the loop below reads it waits in the stream.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| AppError::Start(format!("SIGHUP handler: {e}")))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AppError::Start(format!("SIGTERM handler: {e}")))?;
     let clock = Clock::system();
     let db_path = config.db_path();
     let (store, quarantined) =
@@ -139,7 +146,7 @@ pub async fn run_with(
         reporter.clone(),
         stop_rx.clone(),
     ));
-    let sources = crate::sources::start(&config, &ingest, &stop_rx, &reporter.sources);
+    let mut sources = Sources::start(&config, &ingest, &reporter);
     drop(ingest);
 
     let line = reporter.report().one_line();
@@ -155,10 +162,6 @@ pub async fn run_with(
     );
 
     let mut config = config;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| AppError::Start(format!("SIGHUP handler: {e}")))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| AppError::Start(format!("SIGTERM handler: {e}")))?;
     let mut stop = std::pin::pin!(stop);
     let mut failure = None;
     loop {
@@ -171,6 +174,9 @@ pub async fn run_with(
                         let new = resolver.resolve(new).await;
                         apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
                         servers.reload(&new);
+                        if config.sources != new.sources {
+                            sources.restart(&new, &servers.ingest, &reporter, new.shutdown_timeout).await;
+                        }
                         apply_log_level(&config, &new, &hooks);
                         config = new;
                     }
@@ -222,7 +228,7 @@ pub async fn run_with(
     // It holds an Ingest handle too; the writer ends only once every handle is gone.
     let _ = supervisor.await;
     let _ = tokio::time::timeout(deadline, async {
-        for h in handles.into_iter().chain(sources) {
+        for h in handles.into_iter().chain(sources.stop()) {
             let _ = h.await;
         }
     })
@@ -330,12 +336,58 @@ async fn apply_reload(
             later.join(", ")
         );
     }
-    if old.sources != new.sources {
-        tracing::warn!(
-            "Changes to [[source]] take effect at the next restart; the running sources go on as they were."
+    tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
+}
+
+/// The running file and spool sources, with a stop signal of their own so that a reload can
+/// replace them without stopping the daemon.
+struct Sources {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Sources {
+    fn start(config: &Config, ingest: &Ingest, reporter: &Reporter) -> Sources {
+        let (stop, stop_rx) = watch::channel(false);
+        let handles = crate::sources::start(config, ingest, &stop_rx, &reporter.sources);
+        Sources { handles, stop }
+    }
+
+    /// Tells the sources to stop (each finishes the commit it is in); their tasks to await.
+    fn stop(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        let _ = self.stop.send(true);
+        std::mem::take(&mut self.handles)
+    }
+
+    /// Replaces the sources after a reload changed `[[source]]`. The old ones stop first:
+    /// their read positions are in the queue database, where the new ones pick them up, and
+    /// two sources must never tail one file at once (each would send its lines).
+    async fn restart(
+        &mut self,
+        config: &Config,
+        ingest: &Ingest,
+        reporter: &Reporter,
+        wait: std::time::Duration,
+    ) {
+        let old = self.stop();
+        let stopped = tokio::time::timeout(wait, async {
+            for h in old {
+                let _ = h.await;
+            }
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::error!(
+                "The old [[source]]s did not stop in time; no source runs until the agent is restarted."
+            );
+            return;
+        }
+        *self = Sources::start(config, ingest, reporter);
+        tracing::info!(
+            sources = config.sources.len(),
+            "Sources restarted with the new configuration."
         );
     }
-    tracing::info!(added = ?added, removed = ?removed, "Configuration reloaded.");
 }
 
 /// Applies a changed `log.level`. RUST_LOG, when set, wins over the config (as at start).

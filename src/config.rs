@@ -296,8 +296,7 @@ pub struct Config {
     /// Integrations given by `id` or `api_name` whose inbound URL is not known yet; the daemon
     /// resolves them through the API (`api::resolve`) and moves them into `integrations`.
     pub unresolved: Vec<UnresolvedIntegration>,
-    /// `[[source]]` blocks: tailed files and the spool folder. Applied at start only (a
-    /// reload that changes them says so and keeps the running ones).
+    /// `[[source]]` blocks: tailed files and the spool folder (a reload restarts them).
     pub sources: Vec<Source>,
 }
 

@@ -939,3 +939,51 @@ async fn spool_files_wait_in_the_folder_while_the_queue_is_full() {
     assert_eq!(delivered_ns(&oncall), (0..40).collect::<Vec<i64>>());
     assert!(wait_until(WAIT, || waiting() == 0).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_changes_file_sources_live() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let d = Daemon::start_with(|dir| {
+        std::fs::create_dir(dir.join("logs")).unwrap();
+        append(&dir.join("logs/a.jsonl"), &json_lines("u", 0, 5));
+        config(&oncall, "")
+    })
+    .await;
+    let logs = d.dir.path().join("logs");
+    // Added by a reload: the file is read from its start.
+    d.write_config(&config(&oncall, &file_source(&logs.join("a.jsonl"), "")));
+    d.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(15), || delivered_ns(&oncall).len() == 5).await,
+        "{}",
+        d.logs()
+    );
+    // Changed (a second source added): the restarted source of a.jsonl resumes where the old
+    // one stopped, so no line is sent twice, and the new source reads b.jsonl. (A changed
+    // `path` would start that source over: positions are kept per configured path.)
+    append(&logs.join("a.jsonl"), &json_lines("u", 5, 3));
+    append(&logs.join("b.jsonl"), &json_lines("v", 8, 2));
+    d.write_config(&config(
+        &oncall,
+        &format!(
+            "{}{}",
+            file_source(&logs.join("a.jsonl"), ""),
+            file_source(&logs.join("b.jsonl"), "")
+        ),
+    ));
+    d.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(15), || delivered_ns(&oncall).len()
+            >= 10)
+        .await,
+        "{}",
+        d.logs()
+    );
+    assert!(
+        d.wait_log("Sources restarted", 2, Duration::from_secs(5))
+            .await
+    );
+    let mut ns = delivered_ns(&oncall);
+    ns.sort();
+    assert_exactly_once(&ns, 10);
+}
