@@ -478,6 +478,16 @@ async fn hostile_clients_are_bounded() {
         "{head}"
     );
 
+    // A 10 MB body: refused from its Content-Length, before it is read.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/integrations/a/alerts", d.base()))
+        .body(vec![b'x'; 10 * 1024 * 1024])
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+
     // Slowloris: headers never finish; the connection is closed after header_timeout.
     let mut slow = tokio::net::TcpStream::connect(d.tcp).await.unwrap();
     slow.write_all(b"POST /v1/integrations/a/alerts HTTP/1.1\r\nHost: x\r\n")

@@ -478,6 +478,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn unix_socket_refuses_an_open_folder_and_foreign_files_and_replaces_a_stale_socket() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = bind_unix(&open.join("a.sock"), 0o660, None).unwrap_err();
+        assert!(e.to_string().contains("writable by everyone"), "{e}");
+
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        let file = private.join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        let e = bind_unix(&file, 0o660, None).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+        // A socket left by a dead process is replaced; its mode is 0660 from the start.
+        let path = private.join("a.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let l = bind_unix(&path, 0o660, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        // A live one is not taken over.
+        let e = bind_unix(&path, 0o660, None).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(l);
+    }
+
     #[test]
     fn token_compare() {
         assert!(constant_time_eq(b"abcdef", b"abcdef"));
