@@ -27,6 +27,16 @@ fn file_source(pattern: &Path, extra: &str) -> String {
     )
 }
 
+/// Waits until OnCall accepted exactly `n` alerts; fails with the count and the daemon's logs.
+async fn wait_delivered(oncall: &FakeOnCall, d: &Daemon, n: usize) {
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() == n).await,
+        "{}\n{}",
+        oncall.accepted().len(),
+        d.logs()
+    );
+}
+
 /// The `n` of every accepted alert, in arrival order.
 fn delivered_ns(oncall: &FakeOnCall) -> Vec<i64> {
     oncall
@@ -267,12 +277,7 @@ async fn rename_and_create_rotation_finishes_the_old_file_then_follows_the_new()
         use std::io::Write;
         old.write_all(json_lines("k", 50, 30).as_bytes()).unwrap();
     }
-    assert!(
-        wait_until(WAIT, || oncall.accepted().len() == 100).await,
-        "{}\n{}",
-        oncall.accepted().len(),
-        d.logs()
-    );
+    wait_delivered(&oncall, &d, 100).await;
     assert_exactly_once(&delivered_ns(&oncall), 100);
     // And the new file goes on being followed.
     append(&log, &json_lines("k", 100, 5));
@@ -302,12 +307,7 @@ async fn copytruncate_rotation_reads_the_file_again_from_zero() {
         .await
     );
     append(&log, &json_lines("k", 40, 10));
-    assert!(
-        wait_until(WAIT, || oncall.accepted().len() == 50).await,
-        "{}\n{}",
-        oncall.accepted().len(),
-        d.logs()
-    );
+    wait_delivered(&oncall, &d, 50).await;
     assert_exactly_once(&delivered_ns(&oncall), 50);
 }
 
@@ -357,12 +357,7 @@ async fn a_file_replaced_by_another_of_the_same_name_is_read_from_its_start() {
     std::fs::remove_file(&log).unwrap();
     append(&log, &json_lines("z", 15, 30));
     d.spawn().await;
-    assert!(
-        wait_until(WAIT, || oncall.accepted().len() == 45).await,
-        "{}\n{}",
-        oncall.accepted().len(),
-        d.logs()
-    );
+    wait_delivered(&oncall, &d, 45).await;
     assert_exactly_once(&delivered_ns(&oncall), 45);
 }
 
