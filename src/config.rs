@@ -1200,7 +1200,19 @@ impl Validator<'_> {
 pub fn warnings(c: &Config) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     let mut w = Vec::new();
-    if let Ok(m) = std::fs::metadata(&c.path)
+    // URLs that only point at this host (the quick start, a local test OnCall) hold no token
+    // worth hiding.
+    let remote_url = c.integrations.iter().any(|i| {
+        let host = i.url.expose().host_str().unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
+    });
+    if remote_url
+        && let Ok(m) = std::fs::metadata(&c.path)
         && m.permissions().mode() & 0o004 != 0
     {
         w.push(format!(
@@ -1438,6 +1450,26 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
             "{MIN}\n[log]\nlevel = \"oncall_agent=debug,warn\"\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn world_readable_config_warns_only_when_it_holds_a_real_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let warned = |url: &str| {
+            std::fs::write(&path, MIN.replace("https://oncall.example.com", url)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            warnings(&Config::load(&path).unwrap())
+                .iter()
+                .any(|w| w.contains("readable by every user"))
+        };
+        assert!(warned("https://oncall.example.com"));
+        assert!(!warned("http://127.0.0.1:9754"));
+        assert!(!warned("http://[::1]:9754"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::write(&path, MIN).unwrap();
+        assert!(warnings(&Config::load(&path).unwrap()).is_empty());
     }
 
     #[test]
