@@ -101,6 +101,27 @@ pub struct SourceStatus {
 /// The sources' half of the status, keyed by "<kind> <path>", updated by each source.
 pub type SourceBoard = Arc<Mutex<BTreeMap<String, SourceStatus>>>;
 
+/// Returns a function through which one source updates its entry on the board (created on
+/// first use with its kind and path).
+pub fn source_reporter(
+    board: SourceBoard,
+    kind: &'static str,
+    path: &std::path::Path,
+) -> impl Fn(&dyn Fn(&mut SourceStatus)) {
+    let name = format!("{kind} {}", path.display());
+    let path = path.display().to_string();
+    move |f: &dyn Fn(&mut SourceStatus)| {
+        // The board's lock is only poisoned by a panic (and release builds abort on panic).
+        let mut b = board.lock().expect("sources lock");
+        let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {
+            kind: kind.into(),
+            path: path.clone(),
+            ..Default::default()
+        });
+        f(s);
+    }
+}
+
 /// The whole `/v1/status` answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {

@@ -56,7 +56,7 @@ use crate::queue::envelope::key_hash;
 use crate::queue::store::{DeadLetter, META_PREFIX, MetaEntry};
 use crate::queue::writer::{Alert, Ingest, IngestError};
 use crate::queue::{Store, StoreError};
-use crate::status::{SourceBoard, SourceStatus};
+use crate::status::SourceBoard;
 
 /// Bytes read per commit (more when `max_line` needs it). 1 MiB is ~5,000 lines of 200 bytes:
 /// few enough fsyncs for 50,000 lines/s, small enough to keep memory flat.
@@ -981,17 +981,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
 ) {
-    let name = format!("file {}", src.path.display());
-    // The board's lock is only poisoned by a panic (and release builds abort on panic).
-    let report = |f: &dyn Fn(&mut SourceStatus)| {
-        let mut b = board.lock().expect("sources lock");
-        let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {
-            kind: "file".into(),
-            path: src.path.display().to_string(),
-            ..Default::default()
-        });
-        f(s);
-    };
+    let report = crate::status::source_reporter(board, "file", &src.path);
     report(&|_| {});
     let mut dirs = DirWatch::new(vec![src.dir.clone()]);
     let poll = src.poll_interval;

@@ -28,7 +28,7 @@ use super::file::sleep_or_stop;
 use super::watch::DirWatch;
 use crate::config::SpoolSource;
 use crate::queue::writer::{Alert, Ingest, IngestError};
-use crate::status::{SourceBoard, SourceStatus};
+use crate::status::SourceBoard;
 
 /// Folder entries looked at per integration folder and listing.
 pub const MAX_LISTING: usize = 10_000;
@@ -304,17 +304,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
 ) {
-    let name = format!("spool {}", src.path.display());
-    // The board's lock is only poisoned by a panic (and release builds abort on panic).
-    let report = |f: &dyn Fn(&mut SourceStatus)| {
-        let mut b = board.lock().expect("sources lock");
-        let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {
-            kind: "spool".into(),
-            path: src.path.display().to_string(),
-            ..Default::default()
-        });
-        f(s);
-    };
+    let report = crate::status::source_reporter(board, "spool", &src.path);
     report(&|_| {});
     let poll = src.poll_interval;
     let mut spool = Some(Spool {
