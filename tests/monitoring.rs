@@ -1,0 +1,272 @@
+//! The monitoring kit in monitoring/, checked by the real programs its users run: promtool
+//! checks and unit-tests the alerting rules, and a real Prometheus scraping the real agent
+//! (delivering to the fake OnCall) answers every query of the Grafana dashboard.
+//!
+//! promtool and prometheus come from the Debian package `prometheus` (.ci/run installs it).
+//! Without them these tests fail and say so: passing without checking anything would hide a
+//! broken rule file from CI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn monitoring() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring")
+}
+
+/// The path of `program` on PATH, or a panic that says how to get it.
+fn required(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{program}` is not installed: these tests check monitoring/ with the real \
+                 program. Install the Debian package `prometheus` (apt-get install prometheus), \
+                 as .ci/run does."
+            )
+        })
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(required(program))
+        .args(args)
+        .current_dir(monitoring())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alerting_rules_pass_promtool_check_and_their_unit_tests() {
+    let check = run("promtool", &["check", "rules", "oncall-agent.rules.yml"]);
+    assert!(check.contains("SUCCESS"), "{check}");
+    let test = run("promtool", &["test", "rules", "oncall-agent.rules.test.yml"]);
+    assert!(test.contains("SUCCESS"), "{test}");
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to dashes, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alerting_rule_has_a_summary_a_unit_test_and_a_runbook_section_in_the_readme() {
+    let rules = std::fs::read_to_string(monitoring().join("oncall-agent.rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(monitoring().join("oncall-agent.rules.test.yml")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let anchors: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| anchor(h.trim_start_matches('#')))
+        .collect();
+    // Active rules only: commented placeholders start with `#`.
+    let blocks: Vec<&str> = rules.split("\n      - alert: ").skip(1).collect();
+    assert!(blocks.len() >= 6, "{rules}");
+    for block in blocks {
+        let name = block.lines().next().unwrap().trim();
+        let body: String = block
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with("# Fleet"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(body.contains("summary: "), "{name} has no summary");
+        let runbook = body
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook: "))
+            .unwrap_or_else(|| panic!("{name} has no runbook line"));
+        let target = runbook.trim_matches('"');
+        let section = target
+            .strip_prefix("README.md#")
+            .unwrap_or_else(|| panic!("{name}'s runbook {target} is not a README section"));
+        assert!(
+            anchors.iter().any(|a| a == section),
+            "{name}'s runbook points at README.md#{section}, which no heading makes"
+        );
+        assert!(
+            tests.contains(&format!("alertname: {name}\n")),
+            "{name} has no unit test in oncall-agent.rules.test.yml"
+        );
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves no Prometheus behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One instant query through Prometheus's HTTP API: the `data.result` array, or the error.
+async fn query(prom: &str, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+    let url = reqwest::Url::parse_with_params(&format!("{prom}/api/v1/query"), [("query", expr)])
+        .unwrap();
+    let r = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// The first sample's value of `expr`, if it has one.
+async fn value(prom: &str, expr: &str) -> Option<f64> {
+    let r = query(prom, expr).await.ok()?;
+    r.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// A dashboard query as Grafana would send it with these variable values. `$__rate_interval`
+/// is Grafana's "at least four scrape intervals": with a 1 s scrape, 20 s leaves room for the
+/// scrapes a loaded machine delays.
+fn expand(expr: &str, integration: &str) -> String {
+    expr.replace("$__rate_interval", "20s")
+        .replace("$job", "oncall-agent")
+        .replace("$instance", ".*")
+        .replace("$integration", integration)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_agent() {
+    let prometheus = required("prometheus");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(monitoring().join("grafana-dashboard.json")).unwrap(),
+    )
+    .expect("grafana-dashboard.json is JSON");
+
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let d = Daemon::start(&integration("a", &oncall.url("formatted_webhook", "A"))).await;
+    let sent = 5;
+    for n in 0..sent {
+        assert_eq!(d.post("a", &format!(r#"{{"title":"t{n}"}}"#)).await.0, 202);
+    }
+    assert!(
+        wait_until(LONG, || oncall.accepted().len() == sent).await,
+        "{}",
+        d.logs()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: oncall-agent\n    static_configs:\n      - targets: [\"{}\"]\n",
+            d.tcp
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prom = Reaped(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prom = format!("http://{web}");
+    let prom_log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+
+    // Scraped several times since the deliveries: every rate() has two samples to work with.
+    let scraped = wait_for(LONG, || async {
+        value(
+            &prom,
+            r#"count_over_time(oncall_agent_alerts_delivered_total{job="oncall-agent",integration="a"}[1m])"#,
+        )
+        .await
+        .is_some_and(|n| n >= 3.0)
+    })
+    .await;
+    assert!(scraped, "Prometheus did not scrape the agent:\n{}", prom_log());
+    assert_eq!(
+        value(
+            &prom,
+            r#"oncall_agent_alerts_delivered_total{job="oncall-agent",integration="a"}"#
+        )
+        .await,
+        Some(sent as f64),
+        "Prometheus sees the agent's deliveries"
+    );
+
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or("?");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            // "All" (Grafana's allValue) and one chosen integration.
+            for integration in [".*", "a"] {
+                let q = expand(expr, integration);
+                checked += 1;
+                match query(&prom, &q).await {
+                    Ok(r) if r.is_empty() => failures.push(format!("{title}: no data for {q}")),
+                    Ok(_) => {}
+                    Err(e) => failures.push(format!("{title}: {q} failed: {e}")),
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} queries in the dashboard");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The variables' queries (`label_values(series, label)`) find their values too.
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        let Some(q) = var["query"]["query"].as_str() else {
+            continue;
+        };
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|s| s.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable {} has an unexpected query {q}", var["name"]));
+        let (series, label) = inner.rsplit_once(',').unwrap();
+        let series = expand(series.trim(), ".*");
+        let r = query(&prom, &series).await.unwrap();
+        let values: Vec<&str> = r
+            .iter()
+            .filter_map(|s| s["metric"][label.trim()].as_str())
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "variable {}: no {label} in {series}",
+            var["name"]
+        );
+        if var["name"] == "integration" {
+            assert_eq!(values, ["a"]);
+        }
+    }
+}
