@@ -55,7 +55,10 @@ fn run(program: &str, args: &[&str]) -> String {
 fn alerting_rules_pass_promtool_check_and_their_unit_tests() {
     let check = run("promtool", &["check", "rules", "oncall-agent.rules.yml"]);
     assert!(check.contains("SUCCESS"), "{check}");
-    let test = run("promtool", &["test", "rules", "oncall-agent.rules.test.yml"]);
+    let test = run(
+        "promtool",
+        &["test", "rules", "oncall-agent.rules.test.yml"],
+    );
     assert!(test.contains("SUCCESS"), "{test}");
 }
 
@@ -200,7 +203,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
             .unwrap(),
     );
     let prom = format!("http://{web}");
-    let prom_log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
 
     // Scraped several times since the deliveries: every rate() has two samples to work with.
     let scraped = wait_for(LONG, || async {
@@ -212,7 +216,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
         .is_some_and(|n| n >= 3.0)
     })
     .await;
-    assert!(scraped, "Prometheus did not scrape the agent:\n{}", prom_log());
+    assert!(
+        scraped,
+        "Prometheus did not scrape the agent:\n{}",
+        prom_log()
+    );
     assert_eq!(
         value(
             &prom,
@@ -269,4 +277,91 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
             assert_eq!(values, ["a"]);
         }
     }
+}
+
+/// Reads a child's stdout on a thread into a shared string, so a test can wait on what it
+/// printed with a deadline.
+fn capture(out: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let t = text.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let mut t = t.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_redraws_says_daemon_unreachable_while_it_is_away_and_exits_0_on_ctrl_c() {
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let mut d = Daemon::start(&integration("db", &oncall.url("formatted_webhook", "A"))).await;
+    let mut watch = Reaped(
+        Command::new(bin())
+            .arg("--config")
+            .arg(&d.config_path)
+            .args(["status", "--watch", "--interval", "200ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let text = capture(watch.0.stdout.take().unwrap());
+    let shown = || text.lock().unwrap().clone();
+    const HEADER: &str = "Every 200ms: oncall-agent status";
+    // Frames from `from` on (in bytes of the output so far) that show the table.
+    let tables_after = |from: usize| {
+        let t = shown();
+        t[from..]
+            .split(HEADER)
+            .filter(|f| f.contains("INTEGRATION") && f.contains("\ndb "))
+            .count()
+    };
+
+    assert!(
+        wait_until(LONG, || tables_after(0) >= 3).await,
+        "status --watch did not redraw the table:\n{}",
+        shown()
+    );
+
+    d.kill9();
+    let gone = shown().len();
+    assert!(
+        wait_until(LONG, || shown()[gone..].contains("daemon unreachable: ")).await,
+        "no \"daemon unreachable\" while the daemon is away:\n{}",
+        &shown()[gone..]
+    );
+    assert!(
+        watch.0.try_wait().unwrap().is_none(),
+        "status --watch ended when the daemon went away"
+    );
+
+    d.spawn().await;
+    let back = shown().len();
+    assert!(
+        wait_until(LONG, || tables_after(back) >= 2).await,
+        "status --watch did not show the daemon again once it came back:\n{}",
+        &shown()[back..]
+    );
+
+    let st = Command::new("kill")
+        .args(["-INT", &watch.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut code = None;
+    assert!(
+        wait_until(LONG, || {
+            code = watch.0.try_wait().unwrap().map(|s| s.code());
+            code.is_some()
+        })
+        .await,
+        "status --watch did not stop on SIGINT"
+    );
+    assert_eq!(code, Some(Some(0)), "Ctrl-C ends the watch cleanly");
 }

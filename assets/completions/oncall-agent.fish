@@ -51,8 +51,10 @@ complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l json 
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l timeout -d 'Give up waiting for the daemon after this long' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s c -l config -d 'The config file' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -s n -l interval -d 'With --watch: time between redraws ("1s", "500ms"; at least 100ms)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -s c -l config -d 'The config file' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -l json -d 'Print the JSON answer instead of a table'
+complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -s w -l watch -d 'Redraw the table every --interval until Ctrl-C, like `watch`; keeps going (and says "daemon unreachable") while the daemon is away'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand status" -s h -l help -d 'Print help'
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand check-config" -s c -l config -d 'The config file' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand check-config" -l online -d 'Also check the credentials with OnCall: each integration\'s token (a GET on its inbound URL, which costs no rate-limit budget) and the API token (one API call). Exit 78 if one is refused, 69 if OnCall cannot be reached'
