@@ -120,7 +120,9 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
-    /// List the OnCall integrations the API token sees (needs [api] in the config).
+    /// List the OnCall integrations the API token sees (needs [api] in the config): id, name,
+    /// type, how often this agent sends heartbeats to it (from the config's `heartbeat`), which
+    /// local integrations use it, and its inbound URL.
     Integrations {
         /// Print inbound URLs in full. They hold the integrations' tokens; by default they are
         /// redacted.
@@ -554,17 +556,21 @@ pub async fn integrations(
         .await
         .map_err(|e| api_failure(&e))?;
     all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-    let rows: Vec<[String; 6]> = all
+    // Each OnCall integration's local users (by id or name, or by the same inbound URL) and
+    // how often this agent hits its heartbeat. OnCall gives a heartbeat link to every
+    // integration that can take heartbeats, so the link alone says nothing about whether
+    // anyone sends them: the config does.
+    let rows: Vec<([String; 6], Option<Duration>)> = all
         .iter()
         .map(|i| {
-            let local: Vec<&str> = config
+            let local: Vec<(&str, Option<Duration>)> = config
                 .unresolved
                 .iter()
                 .filter(|u| match &u.by {
                     ApiRef::Id(id) => *id == i.id,
                     ApiRef::Name(n) => *n == i.name,
                 })
-                .map(|u| u.name.as_str())
+                .map(|u| (u.name.as_str(), u.heartbeat))
                 .chain(
                     config
                         .integrations
@@ -574,34 +580,50 @@ pub async fn integrations(
                                 .as_ref()
                                 .is_some_and(|l| l.expose() == c.url.expose())
                         })
-                        .map(|c| c.name.as_str()),
+                        .map(|c| (c.name.as_str(), c.heartbeat)),
                 )
                 .collect();
+            let every = local.iter().filter_map(|(_, h)| *h).min();
+            let heartbeat = match every {
+                None => "no".to_string(),
+                Some(d) if i.heartbeat => format!("every {}", humantime::format_duration(d)),
+                Some(d) => format!(
+                    "every {} (OnCall gives it no heartbeat URL)",
+                    humantime::format_duration(d)
+                ),
+            };
             let url = match &i.link {
                 None => "-".to_string(),
                 Some(l) if show_urls => l.expose().to_string(),
                 Some(l) => crate::redact::redact_url(l.expose()),
             };
-            [
+            let names: Vec<&str> = local.iter().map(|(n, _)| *n).collect();
+            let row = [
                 printable(&i.id, 64),
                 printable(&i.name, 80),
                 printable(&i.kind, 40),
-                if i.heartbeat { "yes" } else { "no" }.to_string(),
-                if local.is_empty() {
+                heartbeat,
+                if names.is_empty() {
                     "-".to_string()
                 } else {
-                    local.join(",")
+                    names.join(",")
                 },
                 url,
-            ]
+            ];
+            (row, every)
         })
         .collect();
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|[id, name, kind, hb, local, url]| {
+            .zip(&all)
+            .map(|(([id, name, kind, _, local, url], every), i)| {
                 serde_json::json!({
-                    "id": id, "name": name, "type": kind, "heartbeat": hb == "yes",
+                    "id": id, "name": name, "type": kind,
+                    // What this agent sends ("1m"), or null.
+                    "heartbeat": every.map(|d| humantime::format_duration(d).to_string()),
+                    // OnCall gives the integration a heartbeat URL (it can take heartbeats).
+                    "heartbeat_link": i.heartbeat,
                     "local": if local == "-" { vec![] } else { local.split(',').collect::<Vec<_>>() },
                     "url": url,
                 })
@@ -613,6 +635,7 @@ pub async fn integrations(
         );
         return Ok(());
     }
+    let rows: Vec<[String; 6]> = rows.into_iter().map(|(r, _)| r).collect();
     let header = ["ID", "NAME", "TYPE", "HEARTBEAT", "LOCAL", "URL"].map(str::to_string);
     let mut widths = header.clone().map(|h| h.chars().count());
     for r in &rows {
