@@ -63,9 +63,7 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 /// (`formatted_webhook`, `legacy_alertmanager`); its tokens are mixed-case letters and digits.
 fn looks_like_kind(segment: &str) -> bool {
     (1..=40).contains(&segment.len())
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_')
+        && segment.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 /// A reqwest error in words, without its URL: reqwest puts the URL (and so an integration's
