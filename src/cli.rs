@@ -42,6 +42,10 @@ impl CliError {
 
 /// The man page's and `--help`'s closing notes: signals, files, exit codes.
 const AFTER_HELP: &str = "\
+Integration URLs are used as OnCall shows them: Grafana Cloud IRM's are \
+https://oncall-prod-<region>.grafana.net/oncall/integrations/v1/<kind>/<token>/, a self-hosted \
+Grafana OnCall's <base URL>/integrations/v1/<kind>/<token>/.
+
 Signals (to `run`): SIGHUP reloads the config (a bad one is refused and the old one stays); \
 SIGTERM and SIGINT stop accepting, let deliveries in flight finish within shutdown_timeout, \
 and exit 0.
@@ -57,7 +61,7 @@ Exit codes: 0 ok, 64 usage, 65 data refused, 69 daemon unreachable, 70 internal 
 #[command(
     name = "oncall-agent",
     version,
-    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits",
+    about = "Queues alerts durably and delivers them to Grafana OnCall / Grafana Cloud IRM within its rate limits",
     after_long_help = AFTER_HELP
 )]
 pub struct Cli {
