@@ -481,7 +481,7 @@ pub async fn status_watch(
         let written = if terminal {
             write!(out, "\x1b[H\x1b[2J{frame}")
         } else {
-            write!(out, "{frame}\n")
+            writeln!(out, "{frame}")
         };
         // The reader went away (`| head`, a closed terminal): nothing left to watch for.
         if written.and_then(|()| out.flush()).is_err() {

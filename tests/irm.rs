@@ -254,8 +254,11 @@ async fn id_and_api_name_resolve_through_a_prefixed_api_with_a_service_account_t
         let config = format!(
             "[api]\nurl = \"{}\"\ntoken = \"{SA_TOKEN}\"\ngrafana_url = \"{STACK}\"\n\
              [[integration]]\nname = \"db\"\nid = \"CIRMBYID01\"\nheartbeat = \"10s\"\n\
-             [[integration]]\nname = \"web\"\napi_name = \"Web Frontend\"\n",
-            api.url()
+             [[integration]]\nname = \"web\"\napi_name = \"Web Frontend\"\n\
+             {}heartbeat = \"30s\"\n",
+            api.url(),
+            // The same OnCall integration by its URL: `integrations` matches it by link.
+            integration("db-url", &oncall.url("formatted_webhook", TOKEN_ID)),
         );
         let d = Daemon::start(&config).await;
         assert_eq!(d.post("db", r#"{"title":"one"}"#).await.0, 202);
@@ -280,8 +283,9 @@ async fn id_and_api_name_resolve_through_a_prefixed_api_with_a_service_account_t
         );
         assert_no_token("the logs", &d.logs());
 
-        // `integrations`: the local names, redacted URLs with the prefix, and HEARTBEAT from
-        // the config (both have a heartbeat link in OnCall; only db is sent heartbeats).
+        // `integrations`: the local names (by id, and by the same URL), redacted URLs with
+        // the prefix, and HEARTBEAT from the config: the shortest interval of the local
+        // integrations that use it (both have a heartbeat link in OnCall; web is sent none).
         let out = cli(&d.config_path, &["integrations"]).await;
         let said = text(&out);
         assert!(out.status.success(), "{prefix}: {said}");
@@ -301,7 +305,13 @@ async fn id_and_api_name_resolve_through_a_prefixed_api_with_a_service_account_t
         let db = row("CIRMBYID01");
         assert_eq!(
             db[3..],
-            ["formatted_webhook", "every", "10s", "db", redacted.as_str()],
+            [
+                "formatted_webhook",
+                "every",
+                "10s",
+                "db,db-url",
+                redacted.as_str()
+            ],
             "{said}"
         );
         let web = row("CIRMBYNAME1");
