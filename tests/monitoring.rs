@@ -2,7 +2,8 @@
 //! checks and unit-tests the alerting rules, and a real Prometheus scraping the real agent
 //! (delivering to the fake OnCall) answers every query of the Grafana dashboard.
 //!
-//! promtool and prometheus come from the Debian package `prometheus` (.ci/run installs it).
+//! promtool and prometheus come from the Debian package `prometheus`, tmux from `tmux` (.ci/run
+//! installs both).
 //! Without them these tests fail and say so: passing without checking anything would hide a
 //! broken rule file from CI.
 
@@ -364,4 +365,79 @@ async fn status_watch_redraws_says_daemon_unreachable_while_it_is_away_and_exits
         "status --watch did not stop on SIGINT"
     );
     assert_eq!(code, Some(Some(0)), "Ctrl-C ends the watch cleanly");
+}
+
+/// tmux on a private socket (`-L`), so the test neither sees nor touches anyone's sessions.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = Command::new(required("tmux"))
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kills the private tmux server when dropped.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        tmux(&self.0, &["kill-server"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_on_a_terminal_redraws_in_place_and_ctrl_c_exits_0() {
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let d = Daemon::start(&integration("db", &oncall.url("formatted_webhook", "A"))).await;
+    let server = TmuxServer(format!("oncall-agent-test-{}", std::process::id()));
+    // Ctrl-C reaches the whole foreground group: the shell traps it (its children get the
+    // default action back) so that it lives on to print the watch's exit status, and `read`
+    // keeps the pane open to be read.
+    let script = format!(
+        "trap 'true' INT; '{}' --config '{}' status --watch -n 200ms; echo \"watch exited $?\"; read x",
+        bin(),
+        d.config_path.display()
+    );
+    tmux(
+        &server.0,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "w",
+            "-x",
+            "150",
+            "-y",
+            "40",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let screen = || tmux(&server.0, &["capture-pane", "-p", "-t", "w"]);
+    let uptime = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("oncall-agent ")?.split(" up ").nth(1))
+            .map(|r| r.split('s').next().unwrap_or_default().to_string())
+    };
+    let first = wait_until(LONG, || uptime(&screen()).is_some()).await;
+    assert!(first, "no table on the terminal:\n{}", screen());
+    let before = uptime(&screen());
+    // Redrawn in place: a later frame (a larger uptime) and still one header on the screen.
+    assert!(
+        wait_until(LONG, || uptime(&screen()) != before).await,
+        "the screen was not redrawn:\n{}",
+        screen()
+    );
+    let s = screen();
+    assert_eq!(s.matches("oncall-agent status").count(), 1, "{s}");
+    assert_eq!(s.matches("INTEGRATION").count(), 1, "{s}");
+
+    tmux(&server.0, &["send-keys", "-t", "w", "C-c"]);
+    assert!(
+        wait_until(LONG, || screen().contains("watch exited 0")).await,
+        "Ctrl-C did not end the watch cleanly:\n{}",
+        screen()
+    );
 }
