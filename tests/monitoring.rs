@@ -1,11 +1,11 @@
-//! The monitoring kit in monitoring/, checked by the real programs its users run: promtool
-//! checks and unit-tests the alerting rules, and a real Prometheus scraping the real agent
-//! (delivering to the fake OnCall) answers every query of the Grafana dashboard.
+//! Watching the agent: the monitoring kit in monitoring/, checked by the real programs its
+//! users run (promtool checks and unit-tests the alerting rules; a real Prometheus scraping the
+//! real agent, delivering to the fake OnCall, answers every query of the Grafana dashboard),
+//! and `status --watch`, through a pipe and on a real terminal (tmux).
 //!
-//! promtool and prometheus come from the Debian package `prometheus`, tmux from `tmux` (.ci/run
-//! installs both).
-//! Without them these tests fail and say so: passing without checking anything would hide a
-//! broken rule file from CI.
+//! promtool and prometheus come from the Debian package `prometheus`, tmux from `tmux`
+//! (.ci/run installs both). Without them these tests fail and say so: passing without checking
+//! anything would hide a broken rule file from CI.
 
 mod common;
 
