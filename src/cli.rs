@@ -42,6 +42,10 @@ impl CliError {
 
 /// The man page's and `--help`'s closing notes: signals, files, exit codes.
 const AFTER_HELP: &str = "\
+Integration URLs are used as OnCall shows them: Grafana Cloud IRM's are \
+https://oncall-prod-<region>.grafana.net/oncall/integrations/v1/<kind>/<token>/, a self-hosted \
+Grafana OnCall's <base URL>/integrations/v1/<kind>/<token>/.
+
 Signals (to `run`): SIGHUP reloads the config (a bad one is refused and the old one stays); \
 SIGTERM and SIGINT stop accepting, let deliveries in flight finish within shutdown_timeout, \
 and exit 0.
@@ -57,7 +61,7 @@ Exit codes: 0 ok, 64 usage, 65 data refused, 69 daemon unreachable, 70 internal 
 #[command(
     name = "oncall-agent",
     version,
-    about = "Queues alerts durably and delivers them to Grafana OnCall within its rate limits",
+    about = "Queues alerts durably and delivers them to Grafana OnCall / Grafana Cloud IRM within its rate limits",
     after_long_help = AFTER_HELP
 )]
 pub struct Cli {
@@ -102,8 +106,15 @@ pub enum Command {
     /// Show queues, budgets and failures of the running daemon.
     Status {
         /// Print the JSON answer instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the table every --interval until Ctrl-C, like `watch`; keeps going (and says
+        /// "daemon unreachable") while the daemon is away.
+        #[arg(long, short)]
+        watch: bool,
+        /// With --watch: time between redraws ("1s", "500ms"; at least 100ms).
+        #[arg(long, short = 'n', default_value = "1s", value_parser = watch_interval, requires = "watch")]
+        interval: Duration,
     },
     /// Validate the config file: exit 0, or 78 with the file, the field and the problem.
     CheckConfig {
@@ -113,7 +124,9 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
-    /// List the OnCall integrations the API token sees (needs [api] in the config).
+    /// List the OnCall integrations the API token sees (needs [api] in the config): id, name,
+    /// type, how often this agent sends heartbeats to it (from the config's `heartbeat`), which
+    /// local integrations use it, and its inbound URL.
     Integrations {
         /// Print inbound URLs in full. They hold the integrations' tokens; by default they are
         /// redacted.
@@ -395,15 +408,24 @@ fn spool_or_fail(
     }
 }
 
-/// `status`.
-pub async fn status(config_path: &std::path::Path, json: bool) -> Result<(), CliError> {
-    let config = load_client(config_path)?;
+/// `status --interval`: a duration of at least 100 ms (as `watch -n` allows), so that a typo
+/// like "1ms" does not turn the command into a busy loop against the daemon.
+fn watch_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{text} is shorter than 100ms"));
+    }
+    Ok(d)
+}
+
+/// One `/v1/status` request to the running daemon.
+async fn fetch_status(config: &Config, timeout: Duration) -> Result<StatusReport, CliError> {
     let answer = local::request(
-        &config,
+        config,
         hyper::Method::GET,
         "/v1/status",
         Vec::new(),
-        Duration::from_secs(5),
+        timeout,
     )
     .await
     .map_err(|e| CliError::new(exit::UNAVAILABLE, format!("{e} (is the daemon running?)")))?;
@@ -413,8 +435,65 @@ pub async fn status(config_path: &std::path::Path, json: bool) -> Result<(), Cli
             format!("the agent answered {}", answer.status),
         ));
     }
-    let report: StatusReport = serde_json::from_slice(&answer.body)
-        .map_err(|e| CliError::new(exit::SOFTWARE, format!("unexpected status answer: {e}")))?;
+    serde_json::from_slice(&answer.body)
+        .map_err(|e| CliError::new(exit::SOFTWARE, format!("unexpected status answer: {e}")))
+}
+
+/// `status --watch`: redraws the table every `interval` until Ctrl-C (exit 0). A daemon that
+/// is away (stopped, restarting) is a state shown on the screen, not the end of the watch: the
+/// operator at 3 a.m. wants to see it come back.
+pub async fn status_watch(
+    config_path: &std::path::Path,
+    interval: Duration,
+) -> Result<(), CliError> {
+    use std::io::{IsTerminal, Write};
+    let config = load_client(config_path)?;
+    // On a terminal each frame replaces the last (cursor home, clear screen), as `watch` does;
+    // into a pipe or a file frames follow each other, a blank line apart.
+    let terminal = std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        // A hung daemon must not freeze the screen for long: wait at most a few intervals.
+        let timeout = (interval * 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        let body = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            r = fetch_status(&config, timeout) => match r {
+                Ok(report) => report.table(),
+                Err(e) if e.code == exit::UNAVAILABLE => {
+                    format!("daemon unreachable: {}\n", e.message)
+                }
+                Err(e) => format!("daemon answered badly: {}\n", e.message),
+            },
+        };
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let frame = format!(
+            "Every {}: oncall-agent status    {now}\n\n{body}",
+            humantime::format_duration(interval)
+        );
+        let mut out = std::io::stdout().lock();
+        let written = if terminal {
+            write!(out, "\x1b[H\x1b[2J{frame}")
+        } else {
+            writeln!(out, "{frame}")
+        };
+        // The reader went away (`| head`, a closed terminal): nothing left to watch for.
+        if written.and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// `status`.
+pub async fn status(config_path: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let config = load_client(config_path)?;
+    let report = fetch_status(&config, Duration::from_secs(5)).await?;
     if json {
         println!(
             "{}",
@@ -481,17 +560,21 @@ pub async fn integrations(
         .await
         .map_err(|e| api_failure(&e))?;
     all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-    let rows: Vec<[String; 6]> = all
+    // Each OnCall integration's local users (by id or name, or by the same inbound URL) and
+    // how often this agent hits its heartbeat. OnCall gives a heartbeat link to every
+    // integration that can take heartbeats, so the link alone says nothing about whether
+    // anyone sends them: the config does.
+    let rows: Vec<([String; 6], Option<Duration>)> = all
         .iter()
         .map(|i| {
-            let local: Vec<&str> = config
+            let local: Vec<(&str, Option<Duration>)> = config
                 .unresolved
                 .iter()
                 .filter(|u| match &u.by {
                     ApiRef::Id(id) => *id == i.id,
                     ApiRef::Name(n) => *n == i.name,
                 })
-                .map(|u| u.name.as_str())
+                .map(|u| (u.name.as_str(), u.heartbeat))
                 .chain(
                     config
                         .integrations
@@ -501,34 +584,50 @@ pub async fn integrations(
                                 .as_ref()
                                 .is_some_and(|l| l.expose() == c.url.expose())
                         })
-                        .map(|c| c.name.as_str()),
+                        .map(|c| (c.name.as_str(), c.heartbeat)),
                 )
                 .collect();
+            let every = local.iter().filter_map(|(_, h)| *h).min();
+            let heartbeat = match every {
+                None => "no".to_string(),
+                Some(d) if i.heartbeat => format!("every {}", humantime::format_duration(d)),
+                Some(d) => format!(
+                    "every {} (OnCall gives it no heartbeat URL)",
+                    humantime::format_duration(d)
+                ),
+            };
             let url = match &i.link {
                 None => "-".to_string(),
                 Some(l) if show_urls => l.expose().to_string(),
                 Some(l) => crate::redact::redact_url(l.expose()),
             };
-            [
+            let names: Vec<&str> = local.iter().map(|(n, _)| *n).collect();
+            let row = [
                 printable(&i.id, 64),
                 printable(&i.name, 80),
                 printable(&i.kind, 40),
-                if i.heartbeat { "yes" } else { "no" }.to_string(),
-                if local.is_empty() {
+                heartbeat,
+                if names.is_empty() {
                     "-".to_string()
                 } else {
-                    local.join(",")
+                    names.join(",")
                 },
                 url,
-            ]
+            ];
+            (row, every)
         })
         .collect();
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|[id, name, kind, hb, local, url]| {
+            .zip(&all)
+            .map(|(([id, name, kind, _, local, url], every), i)| {
                 serde_json::json!({
-                    "id": id, "name": name, "type": kind, "heartbeat": hb == "yes",
+                    "id": id, "name": name, "type": kind,
+                    // What this agent sends ("1m"), or null.
+                    "heartbeat": every.map(|d| humantime::format_duration(d).to_string()),
+                    // OnCall gives the integration a heartbeat URL (it can take heartbeats).
+                    "heartbeat_link": i.heartbeat,
                     "local": if local == "-" { vec![] } else { local.split(',').collect::<Vec<_>>() },
                     "url": url,
                 })
@@ -540,6 +639,7 @@ pub async fn integrations(
         );
         return Ok(());
     }
+    let rows: Vec<[String; 6]> = rows.into_iter().map(|(r, _)| r).collect();
     let header = ["ID", "NAME", "TYPE", "HEARTBEAT", "LOCAL", "URL"].map(str::to_string);
     let mut widths = header.clone().map(|h| h.chars().count());
     for r in &rows {

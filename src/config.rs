@@ -303,16 +303,19 @@ pub struct Config {
 /// `[api]`: the OnCall HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// The OnCall endpoint (Grafana OnCall -> Settings); the API lives at `<url>/api/v1/`.
+    /// The API endpoint (IRM or Grafana OnCall -> Settings; on Grafana Cloud it ends in
+    /// `/oncall`); the API lives at `<url>/api/v1/`.
     /// Holds no secret, so it may be printed.
     pub url: reqwest::Url,
     /// Where the API token comes from; read only when a command or the daemon calls the API,
     /// so that `send` and `status` work for users who may not read it.
     pub token: ApiToken,
     /// The Grafana stack URL, sent as `X-Grafana-URL` (needed with a Grafana service account
-    /// token, not with an OnCall API key). Default: not sent.
+    /// token, IRM's preferred credential and the one the example config shows; not with a
+    /// legacy OnCall API key). Default: not sent.
     pub grafana_url: Option<reqwest::Url>,
-    /// Client-side budget for API calls (per token). Default 300/5m, OnCall's documented limit.
+    /// Client-side budget for API calls (per token). Default 300/5m: the documented limit,
+    /// stricter than the engine's 300 per minute per user.
     pub rate: Rate,
 }
 
@@ -461,9 +464,11 @@ pub struct Listen {
 /// Client-side budgets.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Per integration, unless the integration sets `rate_limit`. Default 300/5m.
+    /// Per integration, unless the integration sets `rate_limit`. Default 300/5m (what the
+    /// docs say and the engine enforces by default).
     pub integration: Rate,
-    /// Across all integrations. Default 500/5m.
+    /// Across all integrations. Default 500/5m: the documented limit, below the engine's
+    /// default of 900/5m, so it holds whichever an organization has (IRM can set others).
     pub org: Rate,
 }
 
@@ -1694,6 +1699,8 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         // It documents the API and an integration by id.
         let api = c.api.as_ref().unwrap();
         assert!(matches!(api.token, ApiToken::File(_)));
+        // A service account token with X-Grafana-URL is the documented way (IRM prefers it).
+        assert!(api.grafana_url.is_some());
         assert_eq!(api.rate.to_string(), "300/5m");
         assert_eq!(c.unresolved[0].by, ApiRef::Id("CFRPV98RPR1U8".into()));
         assert!(matches!(c.sources[0], Source::File(_)));

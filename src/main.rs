@@ -19,7 +19,12 @@ fn main() -> ExitCode {
         Command::Send(args) => {
             small_runtime().and_then(|rt| rt.block_on(cli::send(&cli.config, args)))
         }
-        Command::Status { json } => {
+        Command::Status {
+            watch: true,
+            interval,
+            ..
+        } => small_runtime().and_then(|rt| rt.block_on(cli::status_watch(&cli.config, interval))),
+        Command::Status { json, .. } => {
             small_runtime().and_then(|rt| rt.block_on(cli::status(&cli.config, json)))
         }
         Command::Dead { command } => {

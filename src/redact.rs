@@ -30,9 +30,10 @@ impl<T> fmt::Display for Secret<T> {
 }
 
 /// An OnCall URL fit to print: scheme, host and port, and for an inbound integration URL the
-/// path up to its kind with the token replaced: `https://host/integrations/v1/webhook/***/`.
-/// Anything else shows only `scheme://host/***`: user info, other paths and queries may hold
-/// secrets too.
+/// path up to its kind with the token replaced: `https://host/integrations/v1/webhook/***/`,
+/// with whatever path comes before (`/oncall` on Grafana Cloud IRM, a reverse proxy's
+/// sub-path when self-hosted). Anything else shows only `scheme://host/***`: user info, other
+/// paths and queries may hold secrets too.
 pub fn redact_url(url: &reqwest::Url) -> String {
     let host = url.host_str().unwrap_or("?");
     let origin = match url.port() {
@@ -43,10 +44,26 @@ pub fn redact_url(url: &reqwest::Url) -> String {
     if let Some(i) = segs.windows(2).position(|w| w == ["integrations", "v1"])
         && segs.len() > i + 2
     {
-        let prefix = segs[..i + 3].join("/");
+        // The segment after `v1` is shown only when it looks like a kind and a token follows
+        // it: in `.../integrations/v1/<token>/` (the kind left out by mistake) it is the token.
+        let kind = segs[i + 2];
+        let token_follows = segs.get(i + 3).is_some_and(|t| !t.is_empty());
+        let upto = if token_follows && looks_like_kind(kind) {
+            i + 3
+        } else {
+            i + 2
+        };
+        let prefix = segs[..upto].join("/");
         return format!("{origin}/{prefix}/***/");
     }
     format!("{origin}/***")
+}
+
+/// OnCall's integration kinds are short lower-case words with underscores
+/// (`formatted_webhook`, `legacy_alertmanager`); its tokens are mixed-case letters and digits.
+fn looks_like_kind(segment: &str) -> bool {
+    (1..=40).contains(&segment.len())
+        && segment.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 /// A reqwest error in words, without its URL: reqwest puts the URL (and so an integration's
@@ -78,6 +95,66 @@ mod tests {
             r,
             "https://oncall.example.com/oncall/integrations/v1/alertmanager/***/"
         );
+    }
+
+    #[test]
+    fn cloud_and_sub_path_urls_keep_their_prefix_and_hide_the_token() {
+        let cases = [
+            (
+                "https://oncall-prod-us-central-0.grafana.net/oncall/integrations/v1/formatted_webhook/mReAoNwDm0eMwKo1mTeTwYo/",
+                "https://oncall-prod-us-central-0.grafana.net/oncall/integrations/v1/formatted_webhook/***/",
+            ),
+            (
+                "https://ops.example.com:8443/tools/grafana-oncall/integrations/v1/alertmanager/TOK123/",
+                "https://ops.example.com:8443/tools/grafana-oncall/integrations/v1/alertmanager/***/",
+            ),
+            // The heartbeat URL below an inbound URL.
+            (
+                "https://oncall-prod-eu-west-0.grafana.net/oncall/integrations/v1/webhook/TOK123/heartbeat/",
+                "https://oncall-prod-eu-west-0.grafana.net/oncall/integrations/v1/webhook/***/",
+            ),
+            // The API under the cloud prefix: nothing of its path or query is shown.
+            (
+                "https://oncall-prod-us-central-0.grafana.net/oncall/api/v1/integrations/?page=2",
+                "https://oncall-prod-us-central-0.grafana.net/***",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(&reqwest::Url::parse(url).unwrap()), shown);
+        }
+    }
+
+    /// `.../integrations/v1/<token>/`: a URL with its kind left out printed the token in the
+    /// place of the kind.
+    #[test]
+    fn a_url_without_its_kind_does_not_show_the_token_as_the_kind() {
+        for url in [
+            "https://h/oncall/integrations/v1/mReAoNwDm0eMwKo1mTeTwYo/",
+            "https://h/oncall/integrations/v1/mReAoNwDm0eMwKo1mTeTwYo",
+            "https://h/integrations/v1/secrettoken/",
+        ] {
+            let r = redact_url(&reqwest::Url::parse(url).unwrap());
+            assert!(r.ends_with("/integrations/v1/***/"), "{url} -> {r}");
+            assert!(!r.to_lowercase().contains("token"), "{url} -> {r}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the prefix, kind and path below it, the token never shows.
+        #[test]
+        fn the_token_never_shows_under_any_prefix(
+            prefix in proptest::sample::select(vec!["", "/oncall", "/a/b-c/oncall", "/integrations"]),
+            kind in "[a-z_]{1,20}",
+            // OnCall's tokens are random mixed-case: at least one capital or digit.
+            token in "[A-Za-z0-9]{7,31}[A-Z0-9]",
+            tail in proptest::sample::select(vec!["/", "", "/heartbeat/", "/x?y=1"]),
+            with_kind in proptest::bool::ANY,
+        ) {
+            let path = if with_kind { format!("{kind}/{token}") } else { token.clone() };
+            let url = format!("https://h.example{prefix}/integrations/v1/{path}{tail}");
+            let r = redact_url(&reqwest::Url::parse(&url).unwrap());
+            proptest::prop_assert!(!r.contains(&token), "{} -> {}", url, r);
+        }
     }
 
     #[test]

@@ -72,12 +72,21 @@ struct FakeState {
 #[derive(Clone)]
 pub struct FakeOnCall {
     pub addr: SocketAddr,
+    /// The path its URLs start with: "" (self-hosted at the root), "/oncall" (Grafana Cloud
+    /// IRM) or a self-hosted sub-path.
+    prefix: String,
     state: Arc<Mutex<FakeState>>,
 }
 
 impl FakeOnCall {
     /// Starts serving; `tokens` are the integration tokens it knows.
     pub async fn start(tokens: &[&str]) -> FakeOnCall {
+        FakeOnCall::start_under("", tokens).await
+    }
+
+    /// Like [`FakeOnCall::start`], with every URL under `prefix` ("/oncall", as Grafana Cloud
+    /// IRM serves them, or a reverse proxy's sub-path): `<prefix>/integrations/v1/...`.
+    pub async fn start_under(prefix: &str, tokens: &[&str]) -> FakeOnCall {
         let state = Arc::new(Mutex::new(FakeState {
             tokens: tokens.iter().map(|t| t.to_string()).collect(),
             default: Some(Reply::ok()),
@@ -93,15 +102,27 @@ impl FakeOnCall {
                 axum::routing::get(heartbeat).post(heartbeat),
             )
             .with_state(state.clone());
+        let app = if prefix.is_empty() {
+            app
+        } else {
+            Router::new().nest(prefix, app)
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeOnCall { addr, state }
+        FakeOnCall {
+            addr,
+            prefix: prefix.to_string(),
+            state,
+        }
     }
 
     /// The inbound URL of integration `token`.
     pub fn url(&self, kind: &str, token: &str) -> String {
-        format!("http://{}/integrations/v1/{kind}/{token}/", self.addr)
+        format!(
+            "http://{}{}/integrations/v1/{kind}/{token}/",
+            self.addr, self.prefix
+        )
     }
 
     /// Answers the next requests with these, in order.
