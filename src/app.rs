@@ -138,6 +138,7 @@ pub async fn run_with(
         reporter: reporter.clone(),
         max_body: config.queue.max_body,
         body_timeout: config.listen.body_timeout,
+        sender: control_tx.clone(),
     };
     let servers = start_listeners(&config, state, stop_rx.clone())?;
     let supervisor = tokio::spawn(supervise(

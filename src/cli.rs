@@ -142,6 +142,15 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// End every wait of the running daemon's sender at once: retry backoff, a server's
+    /// Retry-After and 429 pauses, of one integration or of all (and the organization's
+    /// pause). Budgets still hold: what goes out still spends them. Talks to the daemon over
+    /// its Unix socket only.
+    RetryNow {
+        /// Only this integration.
+        #[arg(long, short)]
+        integration: Option<String>,
+    },
     /// Write the man page and shell completions into a folder (for packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -707,6 +716,12 @@ pub async fn check_config_online(config_path: &std::path::Path) -> Result<(), Cl
         .iter()
         .map(|u| (u.name.clone(), u.by.to_string()))
         .collect();
+    // With the API, each URL's kind is compared with its integration's type: OnCall answers
+    // the GET below with 200 whatever kind the URL names, then refuses every alert with 400.
+    let listing = match api {
+        Ok(c) => c.list_integrations().await.ok(),
+        Err(_) => None,
+    };
     let r = resolve::resolve(config, api, None, crate::clock::Clock::system()).await;
     let http = inbound_client(r.config.delivery.timeout)
         .map_err(|e| CliError::new(exit::SOFTWARE, format!("cannot start an HTTP client: {e}")))?;
@@ -730,13 +745,25 @@ pub async fn check_config_online(config_path: &std::path::Path) -> Result<(), Cl
             _ => String::new(),
         };
         let check = check_inbound(&http, &i.url).await;
-        match check {
-            InboundCheck::Valid => {}
-            InboundCheck::Unreachable(_) => unreachable += 1,
-            _ => refused += 1,
-        }
+        let kind = match check {
+            InboundCheck::Valid => {
+                let verdict = kind_check(i, listing.as_deref());
+                if verdict.starts_with("FAILED") {
+                    refused += 1;
+                }
+                format!("; {verdict}")
+            }
+            InboundCheck::Unreachable(_) => {
+                unreachable += 1;
+                String::new()
+            }
+            _ => {
+                refused += 1;
+                String::new()
+            }
+        };
         println!(
-            "integration {} ({}{how}): {}",
+            "integration {} ({}{how}): {}{kind}",
             i.name,
             i.redacted_url(),
             check.describe()
@@ -766,6 +793,46 @@ pub async fn check_config_online(config_path: &std::path::Path) -> Result<(), Cl
         r.config.integrations.len()
     );
     Ok(())
+}
+
+/// Whether an inbound URL's kind matches the type OnCall's API gives its integration, in
+/// words (`FAILED: ...` when they differ).
+fn kind_check(
+    i: &crate::config::Integration,
+    listing: Option<&[crate::api::ApiIntegration]>,
+) -> String {
+    let Some(listing) = listing else {
+        return "kind not checked (set [api] to compare the URL's kind with the integration's type)"
+            .to_string();
+    };
+    // The same integration: the same host and token, whatever kind each URL names.
+    let token = |u: &reqwest::Url| {
+        let segs: Vec<String> = u.path_segments()?.map(str::to_string).collect();
+        let at = segs.windows(2).position(|w| w == ["integrations", "v1"])?;
+        let token = segs.get(at + 3).filter(|t| !t.is_empty())?.clone();
+        Some((
+            u.host_str().map(str::to_string),
+            u.port_or_known_default(),
+            token,
+        ))
+    };
+    let ours = token(i.url.expose());
+    let same = |u: &reqwest::Url| ours.is_some() && token(u) == ours;
+    let Some(found) = listing
+        .iter()
+        .find(|a| a.link.as_ref().is_some_and(|l| same(l.expose())))
+    else {
+        return "kind not checked (no integration the API token sees has this URL)".to_string();
+    };
+    match &i.kind {
+        Some(k) if *k == found.kind => format!("kind {k} matches"),
+        Some(k) => format!(
+            "FAILED: the URL's kind is {k} but OnCall's integration {} is of type {}: OnCall would refuse every alert with 400; use the integration's own URL",
+            found.id,
+            crate::api::model::printable(&found.kind, 40)
+        ),
+        None => "kind not checked (the URL names no kind)".to_string(),
+    }
 }
 
 /// One admin request over the Unix socket; the answer's JSON on 2xx, the reason otherwise.
@@ -832,6 +899,32 @@ fn print_json(v: &impl serde::Serialize) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|e| e.to_string())
     );
+}
+
+/// `retry-now [--integration N]`.
+pub async fn retry_now(
+    config_path: &std::path::Path,
+    integration: Option<String>,
+) -> Result<(), CliError> {
+    let config = load_client(config_path)?;
+    let q = integration_query(&integration)?;
+    let v = admin(&config, hyper::Method::POST, &format!("/v1/retry-now?{q}")).await?;
+    let r: crate::sender::RetryNowReport = decode(v)?;
+    if r.org_pause_lifted {
+        println!("organization: 429 pause lifted");
+    }
+    for e in &r.integrations {
+        let mut what = vec![format!("{} alerts due now", e.alerts_due_now)];
+        if e.backoff_reset {
+            what.push("backoff reset".into());
+        }
+        if e.pause_lifted {
+            what.push("429 pause lifted".into());
+        }
+        println!("{}: {}", e.integration, what.join(", "));
+    }
+    println!("Budgets still apply: alerts go out as fast as they allow.");
+    Ok(())
 }
 
 /// `dead ...`.

@@ -202,6 +202,7 @@ struct RawDelivery {
     retry_initial: Option<HumanDuration>,
     retry_max: Option<HumanDuration>,
     probe_interval: Option<HumanDuration>,
+    max_retry_after: Option<HumanDuration>,
     concurrency: Option<usize>,
 }
 
@@ -483,6 +484,10 @@ pub struct Delivery {
     pub retry_max: Duration,
     /// Probe period while paused by a 429 without Retry-After. Default 15 s.
     pub probe_interval: Duration,
+    /// The longest wait a `Retry-After` (on a 5xx, 408 or 429) is obeyed for; a longer one is
+    /// clamped with a WARN (for a 429, also to the window of the budget it names). The header
+    /// is network input: unbounded, one answer could park a key for years. Default 10 min.
+    pub max_retry_after: Duration,
     /// Requests in flight per integration (different grouping keys). Default 4.
     pub concurrency: usize,
 }
@@ -1062,6 +1067,7 @@ impl Validator<'_> {
             retry_initial: r.retry_initial.map_or(Duration::from_secs(1), |d| d.0),
             retry_max: r.retry_max.map_or(Duration::from_secs(300), |d| d.0),
             probe_interval: r.probe_interval.map_or(Duration::from_secs(15), |d| d.0),
+            max_retry_after: r.max_retry_after.map_or(Duration::from_secs(600), |d| d.0),
             concurrency: r.concurrency.unwrap_or(4),
         };
         if d.timeout.is_zero() {
@@ -1078,6 +1084,9 @@ impl Validator<'_> {
         }
         if d.probe_interval < Duration::from_secs(1) {
             return Err(self.err("delivery.probe_interval", "must be at least 1s"));
+        }
+        if d.max_retry_after < Duration::from_secs(1) {
+            return Err(self.err("delivery.max_retry_after", "must be at least 1s"));
         }
         if !(1..=64).contains(&d.concurrency) {
             return Err(self.err("delivery.concurrency", "must be between 1 and 64"));

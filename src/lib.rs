@@ -25,6 +25,8 @@
 //! - [`api`] is the OnCall HTTP API (not on an alert's path): `integrations`, `check-config
 //!   --online`, and integrations configured by `id`/`api_name`, resolved by [`app`] before the
 //!   sender starts and kept in sled for when the API is down.
+//! - [`oncall`] builds the one HTTP client all of them use toward OnCall: it follows no
+//!   redirect, since a followed 301 turns an alert's POST into a GET that OnCall answers 200.
 //!
 //! Conventions: `expect` on a mutex only fires if a thread panicked while holding it, and a
 //! panic aborts the release build (`panic = "abort"`: systemd restarts a whole daemon rather
@@ -38,6 +40,7 @@ pub mod clock;
 pub mod config;
 pub mod local;
 pub mod metrics;
+pub mod oncall;
 pub mod queue;
 pub mod redact;
 pub mod sender;

@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         Command::Dead { command } => {
             small_runtime().and_then(|rt| rt.block_on(cli::dead(&cli.config, command)))
         }
+        Command::RetryNow { integration } => {
+            small_runtime().and_then(|rt| rt.block_on(cli::retry_now(&cli.config, integration)))
+        }
         Command::GenerateAssets { out_dir } => cli::generate_assets(&out_dir),
     };
     match result {

@@ -514,6 +514,61 @@ async fn check_config_online_checks_every_credential_with_a_line_each() {
     assert!(!stdout.contains("GONE") && !stderr.contains("GONE"));
 }
 
+/// The engine answers a GET on an inbound URL with 200 whatever kind the URL names, and then
+/// refuses every alert with 400: with [api] set, the URL's kind is compared with the type the
+/// API gives the integration; without it, the line says the kind was not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_fails_a_url_whose_kind_does_not_match_its_integration() {
+    let oncall = FakeOnCall::start(&["GOOD1", "GOOD2"]).await;
+    let api = FakeApi::start(50).await;
+    api.add(
+        "FW1",
+        "fw",
+        &oncall.url("formatted_webhook", "GOOD1"),
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = integration("wrong", &oncall.url("alertmanager", "GOOD1"));
+    let unseen = integration("unseen", &oncall.url("formatted_webhook", "GOOD2"));
+    let cfg = write_config(
+        dir.path(),
+        &format!("{}{wrong}{unseen}", api_section(&api, API_KEY)),
+    );
+    let out = cli(&cfg, &["check-config", "--online"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stdout}{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("integration wrong ")
+            && l.contains("FAILED: the URL's kind is alertmanager but OnCall's integration FW1 is of type formatted_webhook")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("integration unseen ")
+            && l.contains("kind not checked (no integration the API token sees has this URL)")),
+        "{stdout}"
+    );
+
+    // The right kind passes; without [api] the kind is not checked, and the line says so.
+    let right = integration("right", &oncall.url("formatted_webhook", "GOOD1"));
+    let cfg = write_config(
+        dir.path(),
+        &format!("{}{right}", api_section(&api, API_KEY)),
+    );
+    let out = cli(&cfg, &["check-config", "--online"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("kind formatted_webhook matches"),
+        "{stdout}"
+    );
+    let cfg = write_config(dir.path(), &wrong);
+    let out = cli(&cfg, &["check-config", "--online"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("kind not checked (set [api]"), "{stdout}");
+    assert!(!stdout.contains("GOOD1"), "{stdout}");
+}
+
 const FAST: &str =
     "[delivery]\nretry_initial = \"50ms\"\nretry_max = \"200ms\"\ntimeout = \"2s\"\n";
 

@@ -6,8 +6,8 @@
 
 mod sim;
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use oncall_agent::config::Delivery;
@@ -191,6 +191,137 @@ async fn retry_after_seconds_is_waited_exactly() {
     assert!(sim.all_delivered());
 }
 
+/// Regression: `Retry-After: 999999999` on a 503 parked the alert (and every later alert of
+/// its key) 31 years ahead, persisted. Now any wait is cut at `delivery.max_retry_after`.
+#[tokio::test(start_paused = true)]
+async fn a_503_retry_after_of_31_years_is_clamped_to_max_retry_after() {
+    let mut d = delivery();
+    d.concurrency = 1;
+    d.max_retry_after = Duration::from_secs(60);
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), d, 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake.script(first(
+        1,
+        Reply::new(503, "Service Unavailable").retry_after("999999999"),
+    ));
+    sim.queue("a", 2);
+    sim.sync();
+    sim.start();
+    sim.run_until(200_000).await;
+    // Answered at 100 ms; retried 60 s later, not in 2057.
+    assert_eq!(sends(&sim.fake.hits(), None), [0, 60_100, 60_200]);
+    assert!(sim.all_delivered());
+}
+
+/// Regression: `Retry-After: 18446744073709551615` on a 429 overflowed `now + wait` and the
+/// pause was ignored (46 requests in 2 s). Now it is clamped to the budget's window.
+#[tokio::test(start_paused = true)]
+async fn a_429_retry_after_of_u64_max_pauses_for_the_window_instead_of_overflowing() {
+    let mut d = delivery();
+    d.concurrency = 1;
+    let mut sim = Sim::new(&[("a", rate(300, 30))], rate(500, 300), d, 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.fake.script(first(
+        1,
+        Reply::integration_429().retry_after("18446744073709551615"),
+    ));
+    sim.queue("a", 3);
+    sim.sync();
+    sim.start();
+    sim.run_until(2_000).await;
+    assert_eq!(sends(&sim.fake.hits(), None), [0]);
+    let b = sim.board();
+    assert_eq!(
+        b.integrations["a"].budget.paused_reason.as_deref(),
+        Some("429 with Retry-After 30s")
+    );
+    sim.run_until(60_000).await;
+    // The pause is the integration's 30 s window from the 429's answer at 100 ms.
+    assert_eq!(sends(&sim.fake.hits(), None), [0, 30_100, 30_200, 30_300]);
+    assert!(sim.all_delivered());
+}
+
+/// A retry time persisted by an older version (or before the wall clock went back) decades
+/// ahead is cut at start to the longest wait this version would set.
+#[tokio::test(start_paused = true)]
+async fn a_key_parked_for_decades_by_an_older_version_is_freed_at_start() {
+    let mut d = delivery();
+    d.retry_max = Duration::from_secs(20);
+    d.max_retry_after = Duration::from_secs(40);
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), d, 1);
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.queue("a", 1);
+    let (seq, mut env) = sim.store.load_after("a", 0, 1).unwrap().remove(0);
+    env.next_attempt_at = T0 + 31 * 365 * 86_400_000;
+    env.attempts = 3;
+    sim.store.update("a", seq, &env).unwrap();
+    sim.sync();
+    sim.start();
+    sim.run_until(100_000).await;
+    assert_eq!(sends(&sim.fake.hits(), None), [40_000]);
+    assert!(sim.all_delivered());
+}
+
+/// `retry-now` ends a backoff, a Retry-After and a 429 pause at once; what it lets out still
+/// spends budget, and a name it does not know is an error.
+#[tokio::test(start_paused = true)]
+async fn retry_now_frees_a_stuck_integration_at_once_within_its_budget() {
+    let mut d = delivery();
+    d.concurrency = 1;
+    let mut sim = Sim::new(
+        &[("a", rate(2, 300)), ("b", rate(300, 300))],
+        rate(500, 300),
+        d,
+        1,
+    );
+    sim.fake.set_network(Network::fixed(40, 60));
+    // The first request of each is refused: a with a 503 and Retry-After 500 s, b with a 429
+    // and Retry-After 250 s.
+    let (seen_a, seen_b) = (AtomicU32::new(0), AtomicU32::new(0));
+    sim.fake.script(move |h| {
+        let a = h.integration == "a";
+        let seen = if a { &seen_a } else { &seen_b };
+        (seen.fetch_add(1, Ordering::SeqCst) == 0).then(|| match a {
+            true => Reply::new(503, "Service Unavailable").retry_after("500"),
+            false => Reply::integration_429().retry_after("250"),
+        })
+    });
+    sim.queue("a", 3);
+    sim.queue("b", 1);
+    sim.sync();
+    sim.start();
+    sim.run_until(10_000).await;
+    let before = sim.fake.hits().len();
+    assert_eq!(before, 2);
+    assert_eq!(
+        sim.retry_now(Some("nope")).await,
+        Err("no configured integration is named \"nope\"".to_string())
+    );
+    let r = sim.retry_now(None).await.unwrap();
+    assert!(!r.org_pause_lifted);
+    let a = r
+        .integrations
+        .iter()
+        .find(|e| e.integration == "a")
+        .unwrap();
+    assert_eq!(
+        (a.alerts_due_now, a.backoff_reset, a.pause_lifted),
+        (1, true, false)
+    );
+    let b = r
+        .integrations
+        .iter()
+        .find(|e| e.integration == "b")
+        .unwrap();
+    assert!(b.pause_lifted);
+    sim.run_until(12_000).await;
+    // a: its budget of 2 per 300 s allows one more request, no more; b goes at once.
+    let hits = sim.fake.hits();
+    assert_eq!(sends(&hits, Some("a")), [0, 10_000]);
+    assert_eq!(sends(&hits, Some("b")), [0, 10_000]);
+    assert_eq!(sim.delivered()["b"].len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_http_date_is_waited() {
     let mut d = delivery();
@@ -349,64 +480,4 @@ async fn status_shows_budget_used_next_slot_and_drain_time() {
         "{table}"
     );
     assert!(table.contains("~12 min to drain at 300/5m"), "{table}");
-}
-
-/// Log lines for the test's thread (the paused runtime runs everything on it).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn count(&self, text: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(text)
-            .count()
-    }
-}
-
-/// Six 429s in one pause (four in flight, two refused probes) make one warning, and its end
-/// one line; a second pause another pair.
-#[tokio::test(start_paused = true)]
-async fn a_429_pause_is_logged_once_not_per_refused_request() {
-    let logs = Logs::default();
-    let w = logs.clone();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || w.clone())
-            .with_ansi(false)
-            .finish(),
-    );
-    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), delivery(), 1);
-    sim.fake.set_network(Network::fixed(40, 60));
-    sim.fake.script(|h| {
-        let t = h.arrived.unwrap() - T0;
-        (t < 40_000 || (100_000..130_000).contains(&t)).then(Reply::integration_429)
-    });
-    sim.queue("a", 12);
-    sim.sync();
-    sim.start();
-    sim.run_until(60_000).await;
-    assert_eq!(count_429(&sim.fake.hits()), 6);
-    assert_eq!(logs.count("OnCall answered 429"), 1);
-    assert_eq!(logs.count("The rate-limit pause is over"), 1);
-    sim.queue("a", 5);
-    sim.run_until(100_000).await;
-    sim.queue("a", 5);
-    sim.run_until(200_000).await;
-    assert!(sim.all_delivered());
-    assert_eq!(logs.count("OnCall answered 429"), 2);
-    assert_eq!(logs.count("The rate-limit pause is over"), 2);
-}
-
-fn count_429(hits: &[Hit]) -> usize {
-    hits.iter().filter(|h| h.status == 429).count()
 }

@@ -426,6 +426,7 @@ fn run_plan(p: Plan) -> Result<(), TestCaseError> {
             retry_initial: Duration::from_millis(p.retry_initial_ms),
             retry_max: Duration::from_millis(p.retry_initial_ms * p.retry_max_factor as u64),
             probe_interval: Duration::from_secs(p.probe_s),
+            max_retry_after: Duration::from_secs(600),
             concurrency: p.concurrency,
         };
         let ints: Vec<(&str, oncall_agent::config::Rate)> = NAMES

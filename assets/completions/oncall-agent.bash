@@ -31,6 +31,9 @@ _oncall__agent() {
             oncall__agent,integrations)
                 cmd="oncall__agent__subcmd__integrations"
                 ;;
+            oncall__agent,retry-now)
+                cmd="oncall__agent__subcmd__retry__subcmd__now"
+                ;;
             oncall__agent,run)
                 cmd="oncall__agent__subcmd__run"
                 ;;
@@ -85,6 +88,9 @@ _oncall__agent() {
             oncall__agent__subcmd__help,integrations)
                 cmd="oncall__agent__subcmd__help__subcmd__integrations"
                 ;;
+            oncall__agent__subcmd__help,retry-now)
+                cmd="oncall__agent__subcmd__help__subcmd__retry__subcmd__now"
+                ;;
             oncall__agent__subcmd__help,run)
                 cmd="oncall__agent__subcmd__help__subcmd__run"
                 ;;
@@ -113,7 +119,7 @@ _oncall__agent() {
 
     case "${cmd}" in
         oncall__agent)
-            opts="-c -h -V --config --help --version run send status check-config integrations dead generate-assets help"
+            opts="-c -h -V --config --help --version run send status check-config integrations dead retry-now generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -409,7 +415,7 @@ _oncall__agent() {
             return 0
             ;;
         oncall__subcmd__agent__subcmd__help)
-            opts="run send status check-config integrations dead generate-assets help"
+            opts="run send status check-config integrations dead retry-now generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -548,6 +554,20 @@ _oncall__agent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        oncall__subcmd__agent__subcmd__help__subcmd__retry__subcmd__now)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         oncall__subcmd__agent__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -597,6 +617,36 @@ _oncall__agent() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        oncall__subcmd__agent__subcmd__retry__subcmd__now)
+            opts="-i -c -h --integration --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --integration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

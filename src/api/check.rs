@@ -19,6 +19,9 @@ pub enum InboundCheck {
     Valid,
     /// 403: OnCall knows no integration with this token (deleted, or a typo).
     Refused,
+    /// 3xx: the URL points elsewhere (not followed: the sender would not follow it either, and
+    /// an alert's POST must not turn into a GET). `to` is where, redacted.
+    Redirected { status: u16, to: String },
     /// Another status (400: the URL's kind does not match the integration's type; 404: not an
     /// OnCall inbound URL).
     Unexpected(u16),
@@ -34,6 +37,9 @@ impl InboundCheck {
             InboundCheck::Refused => {
                 "REFUSED: OnCall answered 403, it knows no integration with this token (deleted, or a typo in the URL)".to_string()
             }
+            InboundCheck::Redirected { status, to } => format!(
+                "FAILED: answered {status}, a redirect to {to}: alerts are not sent through redirects; put the URL it points to in the config"
+            ),
             InboundCheck::Unexpected(400) => {
                 "FAILED: OnCall answered 400 (does the URL's kind match the integration's type?)".to_string()
             }
@@ -45,14 +51,10 @@ impl InboundCheck {
     }
 }
 
-/// A client for the checks (no budget: these GETs are not rate limited).
+/// A client for the checks (no budget: these GETs are not rate limited). It follows no
+/// redirect, like the sender's: a check must see what an alert would see.
 pub fn inbound_client(timeout: Duration) -> Result<reqwest::Client, TransportError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .user_agent(concat!("oncall-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(transport_error)
+    crate::oncall::http_client(timeout).map_err(transport_error)
 }
 
 /// GET on an inbound URL.
@@ -62,6 +64,11 @@ pub async fn check_inbound(client: &reqwest::Client, url: &Secret<reqwest::Url>)
         Err(e) => return InboundCheck::Unreachable(transport_error(e)),
     };
     let status = resp.status().as_u16();
+    if resp.status().is_redirection() {
+        let location = resp.headers().get(reqwest::header::LOCATION);
+        let to = crate::oncall::redirect_target(resp.url(), location.map(|v| v.as_bytes()));
+        return InboundCheck::Redirected { status, to };
+    }
     // The page itself does not matter; reading (a bounded part of) it lets the connection be
     // reused, and an error while reading does not change the verdict.
     let _ = read_bounded(&mut resp, MAX_PAGE).await;

@@ -47,6 +47,8 @@ pub struct ApiAnswer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub ratelimit_reset: Option<String>,
+    /// For a 3xx: where it points, redacted ([`crate::oncall::redirect_target`]).
+    pub redirect_to: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -78,13 +80,8 @@ pub struct HttpApi {
 
 impl HttpApi {
     pub fn new(timeout: Duration) -> Result<HttpApi, TransportError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("oncall-agent/", env!("CARGO_PKG_VERSION")))
-            // The token goes to the configured URL only; a redirect is an answer to report.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        // The token goes to the configured URL only; a redirect is an answer to report.
+        let client = crate::oncall::http_client(timeout)
             .map_err(|e| TransportError::Other(describe_reqwest(e)))?;
         Ok(HttpApi { client })
     }
@@ -123,11 +120,16 @@ impl ApiTransport for HttpApi {
             let retry_after = header("retry-after");
             let ratelimit_reset = header("ratelimit-reset");
             let status = resp.status().as_u16();
+            let redirect_to = resp.status().is_redirection().then(|| {
+                let location = resp.headers().get(reqwest::header::LOCATION);
+                crate::oncall::redirect_target(resp.url(), location.map(|v| v.as_bytes()))
+            });
             let body = read_bounded(&mut resp, MAX_PAGE_BYTES).await?;
             Ok(ApiAnswer {
                 status,
                 retry_after,
                 ratelimit_reset,
+                redirect_to,
                 body,
             })
         })
@@ -207,6 +209,14 @@ impl Answer {
             },
             404 => Answer::NotFound,
             429 => Answer::RateLimited { after },
+            // Not followed (the token would go along): say where it points.
+            300..=399 => Answer::Other {
+                status: a.status,
+                detail: format!(
+                    "it redirects to {}; set the API URL to where it points",
+                    a.redirect_to.as_deref().unwrap_or("no Location given")
+                ),
+            },
             408 | 500..=599 => Answer::Transient {
                 status: a.status,
                 after,
@@ -715,6 +725,7 @@ mod tests {
             status,
             retry_after: None,
             ratelimit_reset: None,
+            redirect_to: None,
             body: body.as_bytes().to_vec(),
         }
     }
@@ -925,5 +936,14 @@ mod tests {
             Answer::classify(answer(400, "bad")),
             Answer::Other { status: 400, .. }
         ));
+        let mut moved = answer(301, "<html>moved</html>");
+        moved.redirect_to = Some("https://oncall.example.com/***".into());
+        assert_eq!(
+            Answer::classify(moved),
+            Answer::Other {
+                status: 301,
+                detail: "it redirects to https://oncall.example.com/***; set the API URL to where it points".into()
+            }
+        );
     }
 }

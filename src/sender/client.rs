@@ -25,20 +25,18 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
-/// reqwest with rustls, HTTP(S)_PROXY / NO_PROXY from the environment.
+/// reqwest as [`crate::oncall::http_client`] sets it up.
 pub struct HttpTransport {
     client: reqwest::Client,
 }
 
 impl HttpTransport {
+    /// The client follows no redirect (see [`crate::oncall`]): a 3xx comes back as
+    /// [`Outcome::Redirected`].
     pub fn new(timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("oncall-agent/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
-        Ok(HttpTransport { client })
+        Ok(HttpTransport {
+            client: crate::oncall::http_client(timeout)?,
+        })
     }
 }
 
@@ -67,6 +65,10 @@ fn exchange(req: reqwest::RequestBuilder) -> DeliverFuture {
                 Err(e) => return network_error(e),
             };
             let status = resp.status().as_u16();
+            let redirect_to = resp.status().is_redirection().then(|| {
+                let location = resp.headers().get(reqwest::header::LOCATION);
+                crate::oncall::redirect_target(resp.url(), location.map(|v| v.as_bytes()))
+            });
             let retry_after = resp
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
@@ -86,7 +88,7 @@ fn exchange(req: reqwest::RequestBuilder) -> DeliverFuture {
                     Err(_) => break,
                 }
             }
-            classify(status, retry_after.as_deref(), &body)
+            classify(status, retry_after.as_deref(), redirect_to, &body)
         })
     }
 }

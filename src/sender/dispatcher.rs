@@ -101,6 +101,32 @@ pub enum Control {
     Reload(SenderConfig),
     /// Answered from the loop itself: the watchdog's proof that the dispatcher still turns.
     Ping(tokio::sync::oneshot::Sender<()>),
+    /// `oncall-agent retry-now`: end every wait (backoff, Retry-After, 429 pause) of one
+    /// integration, or of all and the organization's pause with `None`. Budgets still hold.
+    RetryNow {
+        integration: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Result<RetryNowReport, String>>,
+    },
+}
+
+/// What `retry-now` freed, per integration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryNowReport {
+    pub integrations: Vec<RetryNowEntry>,
+    /// Whether the organization-wide 429 pause was lifted.
+    pub org_pause_lifted: bool,
+}
+
+/// One integration in a [`RetryNowReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryNowEntry {
+    pub integration: String,
+    /// Queued alerts that were waiting for a retry time and are due now.
+    pub alerts_due_now: u64,
+    /// Whether its backoff (after failures) was reset.
+    pub backoff_reset: bool,
+    /// Whether its 429 pause was lifted.
+    pub pause_lifted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +282,12 @@ impl Dispatcher {
                     i.configured = true;
                     i.status.configured = true;
                     i.status.url = t.redacted_url.clone();
+                    // A new URL (the fix for a redirect, a 403, a dead host) deserves a try
+                    // now, not after the old URL's backoff.
+                    if i.target.url != t.url {
+                        i.failures = 0;
+                        i.backoff_until = 0;
+                    }
                     i.target = t;
                 }
                 None => self.integrations.push(Integration::new(t)),
@@ -293,7 +325,7 @@ impl Dispatcher {
             self.publish(now);
             let wake = self.next_wake(now);
             let sleep = tokio::time::sleep_until(match wake {
-                Some(t) => self.clock.instant_at(t.max(now + 1)),
+                Some(t) => self.clock.instant_at(t.max(now.saturating_add(1))),
                 None => tokio::time::Instant::now() + Duration::from_secs(3600),
             });
             tokio::select! {
@@ -311,6 +343,10 @@ impl Dispatcher {
                 Some(c) = control.recv() => match c {
                     Control::Reload(cfg) => self.apply(cfg)?,
                     Control::Ping(reply) => { let _ = reply.send(()); }
+                    Control::RetryNow { integration, reply } => {
+                        let r = self.retry_now(integration.as_deref(), self.clock.now())?;
+                        let _ = reply.send(r);
+                    }
                 },
                 _ = self.store.committed.notified() => {}
                 _ = sleep => {}
@@ -365,7 +401,14 @@ impl Dispatcher {
                 // Everything up to `last` was acked or dead-lettered meanwhile.
                 None => i.loaded_upto = last,
             }
-            for (seq, env) in more {
+            // A retry time persisted by an older version, or before the clock went back, must
+            // not park a key for longer than any wait this version would set.
+            let latest = self.clock.now().saturating_add(ms(self
+                .delivery
+                .retry_max
+                .max(self.delivery.max_retry_after)));
+            for (seq, mut env) in more {
+                env.next_attempt_at = env.next_attempt_at.min(latest);
                 let bytes = env.payload.len() as u64 + 29;
                 i.window.push_back(Entry {
                     seq,
@@ -445,7 +488,7 @@ impl Dispatcher {
                 && (i.pause.is_some() || org_paused)
             {
                 tracing::info!(integration = %i.target.name, "Heartbeat skipped: OnCall has this integration paused on a 429.");
-                i.next_heartbeat = now + ms(*every);
+                i.next_heartbeat = now.saturating_add(ms(*every));
             }
         }
     }
@@ -478,21 +521,21 @@ impl Dispatcher {
             };
             self.rr = (idx + 1) % n;
             // Until answered, the server may count it up to the timeout.
-            let until = now + ms(self.delivery.timeout);
+            let until = now.saturating_add(ms(self.delivery.timeout));
             let slot = self.limiters.take(&scopes, now, until)?;
             let probe_interval = ms(self.delivery.probe_interval);
             let probe_org = self.org_pause.as_ref().is_some_and(|p| p.probe);
             if let Some(p) = &mut self.org_pause
                 && p.probe
             {
-                p.until = now + probe_interval;
+                p.until = now.saturating_add(probe_interval);
             }
             let i = &mut self.integrations[idx];
             let probe_int = i.pause.as_ref().is_some_and(|p| p.probe);
             if let Some(p) = &mut i.pause
                 && p.probe
             {
-                p.until = now + probe_interval;
+                p.until = now.saturating_add(probe_interval);
             }
             match pos {
                 Some(pos) => {
@@ -582,7 +625,7 @@ impl Dispatcher {
         let until = if answered {
             now
         } else {
-            now + ms(self.delivery.timeout)
+            now.saturating_add(ms(self.delivery.timeout))
         };
         self.limiters.answered(&scopes, d.slot, until)?;
         let Some(idx) = self
@@ -632,15 +675,21 @@ impl Dispatcher {
         now: Millis,
     ) {
         let probe_interval = ms(self.delivery.probe_interval);
+        // A 429 is about one window of the budget it names: a longer wait is never needed.
+        let window = match scope {
+            LimitScope::Integration => self.integrations[idx].target.rate.per,
+            LimitScope::Org => self.org_rate.per,
+        };
+        let retry_after = retry_after.map(|ra| self.bounded_wait(idx, ra, window, "429"));
         let (until, probe, reason) = match retry_after {
             Some(ra) => (
-                now + ms(ra),
+                now.saturating_add(ms(ra)),
                 false,
                 format!("429 with Retry-After {}s", ra.as_secs()),
             ),
             // Probe a fixed interval after the request that was refused was sent.
             None => (
-                (d.sent_at + probe_interval).max(now),
+                d.sent_at.saturating_add(probe_interval).max(now),
                 true,
                 "429 without Retry-After; probing".to_string(),
             ),
@@ -665,7 +714,12 @@ impl Dispatcher {
                 }
             }
             None => {
-                tracing::warn!(integration = %i.target.name, scope = scope.as_str(), "OnCall answered 429 (its {} rate limit). Pausing {}: {reason}. Alerts stay queued in order.", scope.as_str(), if scope == LimitScope::Org { "every integration" } else { "this integration" });
+                let on = if d.carries == Carries::Heartbeat {
+                    " to a heartbeat"
+                } else {
+                    ""
+                };
+                tracing::warn!(integration = %i.target.name, scope = scope.as_str(), "OnCall answered 429{on} (its {} rate limit). Pausing {}: {reason}. Alerts stay queued in order.", scope.as_str(), if scope == LimitScope::Org { "every integration" } else { "this integration" });
                 *pause = Some(Pause {
                     until,
                     probe,
@@ -682,7 +736,7 @@ impl Dispatcher {
         let Some((every, _)) = &i.target.heartbeat else {
             return;
         };
-        i.next_heartbeat = d.sent_at + ms(*every);
+        i.next_heartbeat = d.sent_at.saturating_add(ms(*every));
         match outcome {
             Outcome::Delivered => i.status.heartbeats_total += 1,
             Outcome::Retry { reason, .. } => {
@@ -691,8 +745,83 @@ impl Dispatcher {
             Outcome::Rejected { status, .. } => {
                 tracing::error!(integration = %i.target.name, url = %i.target.redacted_url, status, "OnCall refused a heartbeat: is the heartbeat set up for this integration, and its token valid?");
             }
+            // Counted and logged (once per pause) by `rate_limited`, as the integration's.
             Outcome::RateLimited { .. } => {}
+            Outcome::Redirected { status, to } => {
+                tracing::error!(integration = %i.target.name, status, redirect = %to, "OnCall's heartbeat URL for this integration redirects elsewhere; redirects are not followed. Fix the integration's URL in the config.");
+            }
         }
+    }
+
+    /// A 3xx: the integration's URL points somewhere else. Nothing is sent through a redirect
+    /// (see [`crate::oncall`]), so this is a configuration problem, not a passing fault: the
+    /// alert stays queued, the integration waits `retry_max` between tries, and one ERROR says
+    /// where the URL points. A reload with the fixed URL, or `retry-now`, sends at once.
+    fn misdirected(&mut self, idx: usize, status: u16, to: &str, now: Millis) {
+        let retry_max = ms(self.delivery.retry_max);
+        let i = &mut self.integrations[idx];
+        let reason = format!(
+            "OnCall answered {status}, a redirect to {to}: fix the integration's URL in the config"
+        );
+        if i.status.last_error.as_deref() != Some(reason.as_str()) {
+            tracing::error!(integration = %i.target.name, url = %i.target.redacted_url, status, redirect = %to, "The integration's URL redirects elsewhere; redirects are not followed (a POST would become a GET, or go with its token to another host). Alerts stay queued until the URL in the config is fixed.");
+        }
+        i.failures = i.failures.saturating_add(1);
+        i.backoff_until = now.saturating_add(retry_max);
+        i.status.retried_total += 1;
+        i.status.last_error = Some(reason);
+    }
+
+    /// A server-given wait, bounded by `ceiling` (and always by `delivery.max_retry_after`),
+    /// with a WARN when it had to be cut: a `Retry-After` of years would park a key for good.
+    fn bounded_wait(&self, idx: usize, wait: Duration, ceiling: Duration, on: &str) -> Duration {
+        let ceiling = ceiling.min(self.delivery.max_retry_after);
+        if wait > ceiling {
+            tracing::warn!(integration = %self.integrations[idx].target.name, "OnCall asked for a wait of {}s (Retry-After on a {on}); waiting {}s instead (delivery.max_retry_after, or the budget's window).", wait.as_secs(), ceiling.as_secs());
+        }
+        wait.min(ceiling)
+    }
+
+    /// `retry-now`: ends the waits of one integration (or all, and the org pause). What is
+    /// sent then still spends budget and keeps per-key order.
+    fn retry_now(
+        &mut self,
+        only: Option<&str>,
+        now: Millis,
+    ) -> Result<Result<RetryNowReport, String>, DispatchError> {
+        if let Some(name) = only
+            && !self
+                .integrations
+                .iter()
+                .any(|i| i.configured && i.target.name == name)
+        {
+            return Ok(Err(format!("no configured integration is named {name:?}")));
+        }
+        let mut report = RetryNowReport::default();
+        if only.is_none() && self.org_pause.take().is_some() {
+            report.org_pause_lifted = true;
+        }
+        for i in &mut self.integrations {
+            if !i.configured || only.is_some_and(|n| n != i.target.name) {
+                continue;
+            }
+            let mut entry = RetryNowEntry {
+                integration: i.target.name.clone(),
+                backoff_reset: i.backoff_until > now,
+                pause_lifted: i.pause.take().is_some(),
+                alerts_due_now: 0,
+            };
+            i.failures = 0;
+            i.backoff_until = 0;
+            for e in i.window.iter_mut().filter(|e| e.env.next_attempt_at > now) {
+                e.env.next_attempt_at = now;
+                self.store.update(&i.target.name, e.seq, &e.env)?;
+                entry.alerts_due_now += 1;
+            }
+            tracing::info!(integration = %i.target.name, alerts = entry.alerts_due_now, "retry-now: every wait of this integration ended; budgets still apply.");
+            report.integrations.push(entry);
+        }
+        Ok(Ok(report))
     }
 
     fn alert_done(
@@ -730,9 +859,12 @@ impl Dispatcher {
                 i.status.last_error = None;
             }
             Outcome::Retry { reason, after, .. } => {
-                let step = self.integrations[idx].failures + 1;
-                let int_delay = self.backoff(step).max(after.unwrap_or_default());
-                let own_delay = self.backoff(attempts).max(after.unwrap_or_default());
+                let after = after
+                    .map(|a| self.bounded_wait(idx, a, self.delivery.max_retry_after, "retry"))
+                    .unwrap_or_default();
+                let step = self.integrations[idx].failures.saturating_add(1);
+                let int_delay = self.backoff(step).max(after);
+                let own_delay = self.backoff(attempts).max(after);
                 let i = &mut self.integrations[idx];
                 if i.failures == 0 {
                     tracing::warn!(integration = %i.target.name, url = %i.target.redacted_url, "Delivery failed: {reason}. Retrying with backoff; the alert stays queued.");
@@ -740,17 +872,18 @@ impl Dispatcher {
                     tracing::debug!(integration = %i.target.name, "Delivery failed again: {reason}.");
                 }
                 i.failures = step;
-                i.backoff_until = now + ms(int_delay);
+                i.backoff_until = now.saturating_add(ms(int_delay));
                 i.status.retried_total += 1;
                 i.status.last_error = Some(reason);
                 let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
                 let e = &mut i.window[pos];
                 e.env.attempts = attempts;
-                e.env.next_attempt_at = now + ms(own_delay);
+                e.env.next_attempt_at = now.saturating_add(ms(own_delay));
                 self.store.update(&i.target.name, e.seq, &e.env)?;
             }
             // The alert stays at the head of its key; the pause was set above.
             Outcome::RateLimited { .. } => {}
+            Outcome::Redirected { status, to } => self.misdirected(idx, status, &to, now),
             Outcome::Rejected { status, body } => {
                 let i = &mut self.integrations[idx];
                 let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
@@ -762,7 +895,7 @@ impl Dispatcher {
                     failed_at: now,
                     attempts,
                     status,
-                    reason: format!("OnCall refused the alert with {status}"),
+                    reason: super::outcome::rejection_reason(status, &body),
                     response: body,
                     payload: String::from_utf8_lossy(&e.env.payload).into_owned(),
                 };

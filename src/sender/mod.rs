@@ -7,5 +7,5 @@ pub mod limiter;
 pub mod outcome;
 
 pub use client::{HttpTransport, Transport};
-pub use dispatcher::{Control, Dispatcher, Jitter, SenderConfig};
+pub use dispatcher::{Control, Dispatcher, Jitter, RetryNowReport, SenderConfig};
 pub use outcome::{LimitScope, Outcome};

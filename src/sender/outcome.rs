@@ -39,16 +39,30 @@ pub enum Outcome {
     },
     /// Any other 4xx: retrying cannot help; the alert becomes a dead letter.
     Rejected { status: u16, body: String },
+    /// 3xx: the integration's URL points somewhere else (no redirect is followed: see
+    /// [`crate::oncall`]). A configuration problem: the alert stays queued until the URL is
+    /// fixed. `to` is where it points, redacted.
+    Redirected { status: u16, to: String },
 }
 
 /// The most of an answer's body kept (dead letters keep the first 512 bytes of it).
 pub const BODY_KEEP: usize = 512;
 
-/// Classifies an HTTP answer. `retry_after` is the raw header, `body` the start of the body.
-pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome {
+/// Classifies an HTTP answer. `retry_after` is the raw header, `redirect_to` where a 3xx points
+/// (already redacted: [`crate::oncall::redirect_target`]), `body` the start of the body.
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    redirect_to: Option<String>,
+    body: &[u8],
+) -> Outcome {
     let after = retry_after.and_then(parse_retry_after);
     match status {
         200..=299 => Outcome::Delivered,
+        300..=399 => Outcome::Redirected {
+            status,
+            to: redirect_to.unwrap_or_else(|| "no Location given".to_string()),
+        },
         429 => {
             // OnCall's 429 is HTML with no Retry-After; its text is the only way to tell the
             // organization-wide limit from the integration's.
@@ -75,7 +89,18 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome 
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date.
+/// Why OnCall refused an alert, in words for the dead letter (its answer is kept beside it).
+pub fn rejection_reason(status: u16, body: &str) -> String {
+    // The engine's 400 for an inbound URL whose kind is not its integration's type:
+    // "This url is for integration with <Kind>. Key is for <Kind>".
+    if status == 400 && body.contains("This url is for integration with") {
+        return "OnCall refused the alert with 400: this URL's kind does not match the integration (fix the kind in the URL: `check-config --online` with [api] set compares them)".to_string();
+    }
+    format!("OnCall refused the alert with {status}")
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date. Unbounded here (any u64 of seconds parses):
+/// the dispatcher and the API client clamp it to their own bounds.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
@@ -99,15 +124,19 @@ mod tests {
 
     #[test]
     fn oncall_answers_map_to_outcomes() {
-        assert_eq!(classify(200, None, b"\"Ok.\""), Outcome::Delivered);
+        assert_eq!(classify(200, None, None, b"\"Ok.\""), Outcome::Delivered);
         assert!(matches!(
-            classify(503, None, b""),
+            classify(503, None, None, b""),
             Outcome::Retry { after: None, .. }
         ));
-        assert!(matches!(classify(408, None, b""), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(408, None, None, b""),
+            Outcome::Retry { .. }
+        ));
         assert_eq!(
             classify(
                 403,
+                None,
                 None,
                 b"\"Integration key was not found. Permission denied.\""
             ),
@@ -123,25 +152,56 @@ mod tests {
         let org = b"<html>Rate-limit exceeded: too many alerts were sent from multiple integrations of your organization</html>";
         let int = b"<html>Rate-limit exceeded: too many alerts were sent from your formatted_webhook integration</html>";
         assert_eq!(
-            classify(429, None, org),
+            classify(429, None, None, org),
             Outcome::RateLimited {
                 scope: LimitScope::Org,
                 retry_after: None
             }
         );
         assert_eq!(
-            classify(429, None, int),
+            classify(429, None, None, int),
             Outcome::RateLimited {
                 scope: LimitScope::Integration,
                 retry_after: None
             }
         );
         assert_eq!(
-            classify(429, Some("7"), int),
+            classify(429, Some("7"), None, int),
             Outcome::RateLimited {
                 scope: LimitScope::Integration,
                 retry_after: Some(Duration::from_secs(7))
             }
+        );
+    }
+
+    #[test]
+    fn a_redirect_is_not_a_delivery() {
+        for status in [301, 302, 303, 307, 308] {
+            assert_eq!(
+                classify(status, None, Some("https://h/***".into()), b""),
+                Outcome::Redirected {
+                    status,
+                    to: "https://h/***".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_kind_mismatch_is_named_in_the_dead_letter() {
+        let body = "This url is for integration with Formatted Webhook. Key is for Alertmanager";
+        assert!(rejection_reason(400, body).contains("kind does not match"));
+        assert_eq!(
+            rejection_reason(400, "bad"),
+            "OnCall refused the alert with 400"
+        );
+    }
+
+    #[test]
+    fn an_overlong_retry_after_parses_without_overflow() {
+        assert_eq!(
+            parse_retry_after("18446744073709551615"),
+            Some(Duration::from_secs(u64::MAX))
         );
     }
 
@@ -159,7 +219,7 @@ mod tests {
     #[test]
     fn rejected_body_is_bounded() {
         let big = vec![b'x'; 10_000];
-        match classify(400, None, &big) {
+        match classify(400, None, None, &big) {
             Outcome::Rejected { body, .. } => assert_eq!(body.len(), BODY_KEEP),
             o => panic!("{o:?}"),
         }

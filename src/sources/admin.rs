@@ -7,6 +7,8 @@
 //! - `POST   /v1/dead/retry?integration=N`        every one (of N) back into the queue
 //! - `DELETE /v1/dead/{id}`                       purge one
 //! - `DELETE /v1/dead?older_than=7d&integration=N` purge those that failed that long ago
+//! - `POST   /v1/retry-now?integration=N`         end every backoff, Retry-After and 429
+//!   pause (of N, or of all and the organization's); budgets still hold
 //!
 //! A retry goes through `queue::Ingest` like any new alert: it is in the queue and fsynced
 //! before its dead letter is removed, and both happen in one transaction. Retries and purges
@@ -44,6 +46,33 @@ pub fn routes() -> Router<HttpState> {
         .route("/v1/dead/retry", post(retry_all))
         .route("/v1/dead/{id}", get(show).delete(purge_one))
         .route("/v1/dead/{id}/retry", post(retry_one))
+        .route("/v1/retry-now", post(retry_now))
+}
+
+/// `POST /v1/retry-now`: asks the dispatcher (the only owner of waits) and returns what it
+/// freed; 404 for an integration it does not know.
+async fn retry_now(
+    State(st): State<HttpState>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<crate::sender::RetryNowReport>, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sender is not running (the agent is stopping)",
+        )
+    };
+    st.sender
+        .send(crate::sender::Control::RetryNow {
+            integration: q.integration,
+            reply,
+        })
+        .await
+        .map_err(|_| gone())?;
+    match answer.await.map_err(|_| gone())? {
+        Ok(report) => Ok(axum::Json(report)),
+        Err(why) => Err(ApiError::new(StatusCode::NOT_FOUND, why)),
+    }
 }
 
 /// A dead letter in a list: everything but the payload.

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub max_body: usize,
     /// Deadline for receiving a whole body.
     pub body_timeout: Duration,
+    /// The dispatcher's control channel, for the admin API's `retry-now`.
+    pub sender: tokio::sync::mpsc::Sender<crate::sender::Control>,
 }
 
 /// Which listener a router serves: the TCP port never serves the admin API, and checks the

@@ -59,6 +59,7 @@ pub fn default_delivery() -> Delivery {
         retry_initial: Duration::from_secs(1),
         retry_max: Duration::from_secs(300),
         probe_interval: Duration::from_secs(15),
+        max_retry_after: Duration::from_secs(600),
         concurrency: 4,
     }
 }
@@ -367,6 +368,7 @@ impl Transport for FakeOnCall {
             classify(
                 reply.status,
                 reply.retry_after.as_deref(),
+                None,
                 reply.body.as_bytes(),
             )
         })
@@ -613,6 +615,23 @@ impl Sim {
                 .await
                 .unwrap();
         }
+    }
+
+    /// `oncall-agent retry-now` (the admin API hands the same message to the dispatcher).
+    pub async fn retry_now(
+        &self,
+        integration: Option<&str>,
+    ) -> Result<oncall_agent::sender::RetryNowReport, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let r = self.running.as_ref().expect("running");
+        r.control
+            .send(Control::RetryNow {
+                integration: integration.map(str::to_string),
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap()
     }
 
     /// Lets simulated time run until `T0 + at`.

@@ -1,0 +1,182 @@
+//! Answers from OnCall's side that used to lose or wedge alerts (issue: "No silent drop"),
+//! through the real binary and real sockets: redirects, Retry-After without bounds, and the
+//! engine's 400 for a URL of the wrong kind. Each test is named after what broke.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use common::*;
+
+const FAST: &str =
+    "[delivery]\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\ntimeout = \"2s\"\n";
+const SECRET: &str = "RedirTok3n";
+
+/// Integration "db" in a status answer.
+fn db(status: &serde_json::Value) -> serde_json::Value {
+    status["integrations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "db"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An ingress in front of `target` that answers every request with `status` and
+/// `Location: target`, as an http-to-https redirect does; it counts what it saw.
+async fn redirector(status: u16, target: String) -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            let mut r = StatusCode::from_u16(status).unwrap().into_response();
+            r.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_str(&target).unwrap());
+            r
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Regression: a 301/302 was followed, the POST became a GET, OnCall answered it 200 (its
+/// instructions page) and the alert was acked as delivered: lost, with nothing logged. A 307/308
+/// was followed to whatever host `Location` named, token and body included. Now no redirect is
+/// followed: the alert stays queued, one ERROR says where the URL points (redacted), status and
+/// `check-config --online` say so, and a reload with the right URL delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_and_the_alert_stays_queued_until_the_url_is_fixed() {
+    for status in [301u16, 302, 307, 308] {
+        let oncall = FakeOnCall::start(&[SECRET]).await;
+        let real = oncall.url("formatted_webhook", SECRET);
+        let ingress = redirector(status, real.clone()).await;
+        let behind = format!("http://{ingress}/integrations/v1/formatted_webhook/{SECRET}/");
+        let mut d = Daemon::start(&format!("{FAST}{}", integration("db", &behind))).await;
+
+        let (s, b) = d.post("db", r#"{"title":"t","alert_uid":"u"}"#).await;
+        assert_eq!(s, 202, "{b}");
+        assert!(
+            d.wait_log(
+                "The integration's URL redirects elsewhere",
+                1,
+                Duration::from_secs(20)
+            )
+            .await,
+            "{status}: no ERROR about the redirect:\n{}",
+            d.logs()
+        );
+        // Nothing reached OnCall: not as a GET acked as delivered, not re-POSTed with the token.
+        assert!(oncall.all().is_empty(), "{status}: {:?}", oncall.all());
+        assert_eq!(d.depth().await, 1, "{status}");
+        let st = d.status().await;
+        let err = db(&st)["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            err.contains(&format!("OnCall answered {status}, a redirect to http://{}/integrations/v1/formatted_webhook/***/", oncall.addr)),
+            "{status}: {st}"
+        );
+
+        let out = d.cli(&["check-config", "--online"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(78), "{status}: {stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with("integration db ")
+                && l.contains(&format!("FAILED: answered {status}, a redirect to"))),
+            "{status}: {stdout}"
+        );
+
+        // The operator fixes the URL: delivered at once, not after the old URL's backoff.
+        d.write_config(&format!("{FAST}{}", integration("db", &real)));
+        d.signal("HUP");
+        assert!(
+            wait_until(Duration::from_secs(20), || oncall.accepted().len() == 1).await,
+            "{status}: not delivered after the fix:\n{}",
+            d.logs()
+        );
+        let logs = d.logs() + &stdout;
+        assert!(!logs.contains(SECRET), "{status}: the token was printed");
+        d.stop();
+    }
+}
+
+/// Regression: `Retry-After: 999999999` on a 503 parked the alert 31 years ahead, persisted,
+/// and no command freed it. Now the wait is cut at `delivery.max_retry_after` with a WARN, and
+/// `oncall-agent retry-now` sends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_31_years_is_clamped_and_retry_now_frees_the_key() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let mut reply = Reply::status(503, "busy");
+    reply.retry_after = Some("999999999".into());
+    oncall.script([reply]);
+    let d = Daemon::start(&format!(
+        "{FAST}max_retry_after = \"1h\"\n{}",
+        integration("db", &oncall.url("formatted_webhook", "T"))
+    ))
+    .await;
+    let (s, _) = d.post("db", r#"{"title":"t","alert_uid":"u"}"#).await;
+    assert_eq!(s, 202);
+    assert!(
+        d.wait_log("waiting 3600s instead", 1, Duration::from_secs(20))
+            .await,
+        "{}",
+        d.logs()
+    );
+    let st = d.status().await;
+    let next = db(&st)["next_attempt_in_s"].as_f64().unwrap();
+    assert!((3000.0..=3600.0).contains(&next), "{st}");
+
+    let out = d.cli(&["retry-now", "--integration", "db"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("db: 1 alerts due now, backoff reset"),
+        "{stdout}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || oncall.accepted().len() == 1).await,
+        "{}",
+        d.logs()
+    );
+    let out = d.cli(&["retry-now", "--integration", "nope"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no configured integration is named"));
+}
+
+/// The engine answers a POST to a URL whose kind is not its integration's type with 400 "This
+/// url is for integration with <Kind>. Key is for <Kind>": the dead letter says so in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_mismatch_is_named_in_the_dead_letter() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    oncall.script([Reply::status(
+        400,
+        "This url is for integration with Alertmanager. Key is for Formatted Webhook",
+    )]);
+    let d = Daemon::start(&format!(
+        "{FAST}{}",
+        integration("db", &oncall.url("alertmanager", "T"))
+    ))
+    .await;
+    let (s, _) = d.post("db", r#"{"title":"t"}"#).await;
+    assert_eq!(s, 202);
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            db(&d.status().await)["dead_lettered_total"] == 1
+        })
+        .await
+    );
+    let out = d.cli(&["dead", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = v["dead_letters"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("this URL's kind does not match the integration"),
+        "{v}"
+    );
+}
