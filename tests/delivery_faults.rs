@@ -180,3 +180,44 @@ async fn a_kind_mismatch_is_named_in_the_dead_letter() {
         "{v}"
     );
 }
+
+/// Regression: `delivery.timeout` was given to the HTTP client once, at start, while a reload
+/// changed only what the limiter assumed. An OnCall that answers after 3 s with a 1 s timeout:
+/// every attempt times out (and stays queued); after a reload to 10 s the next attempt waits
+/// long enough and the alert is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_delivery_timeout_applies_to_the_next_request() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let mut slow = Reply::ok();
+    slow.delay = Duration::from_secs(3);
+    oncall.set_default(slow);
+    let url = oncall.url("formatted_webhook", "T");
+    let config = |timeout: &str| {
+        format!(
+            "[delivery]\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\ntimeout = \"{timeout}\"\n{}",
+            integration("db", &url)
+        )
+    };
+    let d = Daemon::start(&config("1s")).await;
+    let (s, _) = d.post("db", r#"{"title":"t","alert_uid":"u"}"#).await;
+    assert_eq!(s, 202);
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            db(&d.status().await)["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out"))
+        })
+        .await,
+        "{}",
+        d.logs()
+    );
+    assert_eq!(d.depth().await, 1);
+    d.write_config(&config("10s"));
+    d.signal("HUP");
+    assert!(
+        wait_for(Duration::from_secs(30), || async { d.depth().await == 0 }).await,
+        "not delivered with the longer timeout:\n{}",
+        d.logs()
+    );
+    assert!(!oncall.accepted().is_empty());
+}

@@ -23,11 +23,18 @@ pub trait Transport: Send + Sync + 'static {
     fn heartbeat(&self, url: &Secret<reqwest::Url>) -> DeliverFuture {
         self.deliver(url, Vec::new())
     }
+
+    /// `delivery.timeout` changed by a reload: requests from now on use it. The limiter counts
+    /// an unanswered request until `sent + timeout`, so the timeout a request really has must
+    /// be the one the dispatcher assumes.
+    fn set_timeout(&self, _timeout: Duration) {}
 }
 
 /// reqwest as [`crate::oncall::http_client`] sets it up.
 pub struct HttpTransport {
     client: reqwest::Client,
+    /// The whole-request timeout in milliseconds, set per request (it follows reloads).
+    timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl HttpTransport {
@@ -36,7 +43,12 @@ impl HttpTransport {
     pub fn new(timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
         Ok(HttpTransport {
             client: crate::oncall::http_client(timeout)?,
+            timeout_ms: crate::clock::ms(timeout).into(),
         })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -46,13 +58,25 @@ impl Transport for HttpTransport {
             .client
             .post(url.expose().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(self.timeout())
             .body(body);
         exchange(req)
     }
 
     /// OnCall answers a GET on the heartbeat URL with `":)"` and records the hit.
     fn heartbeat(&self, url: &Secret<reqwest::Url>) -> DeliverFuture {
-        exchange(self.client.get(url.expose().clone()))
+        exchange(
+            self.client
+                .get(url.expose().clone())
+                .timeout(self.timeout()),
+        )
+    }
+
+    fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms.store(
+            crate::clock::ms(timeout),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

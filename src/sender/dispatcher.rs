@@ -267,6 +267,7 @@ impl Dispatcher {
     /// Applies a (re)loaded config: integrations added, removed or changed, limits, delivery.
     fn apply(&mut self, cfg: SenderConfig) -> Result<(), DispatchError> {
         self.limiters.configure(scopes_of(&cfg))?;
+        self.transport.set_timeout(cfg.delivery.timeout);
         self.delivery = cfg.delivery;
         self.org_rate = cfg.org;
         for i in &mut self.integrations {

@@ -216,6 +216,29 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
     }
 
+    proptest::proptest! {
+        /// Every part of an answer is network input: any status, Retry-After and body
+        /// classify without a panic, a kept body stays bounded, and a parsed Retry-After of
+        /// any size is a plain Duration (the dispatcher clamps it; nothing here adds to it).
+        #[test]
+        fn any_answer_classifies_without_panic(
+            status in 100u16..1000,
+            retry_after in proptest::option::of(".{0,40}|[0-9]{1,30}"),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+        ) {
+            let o = classify(status, retry_after.as_deref(), None, &body);
+            match o {
+                Outcome::Rejected { body, .. } => proptest::prop_assert!(body.len() <= 3 * BODY_KEEP),
+                Outcome::Delivered => proptest::prop_assert!((200..300).contains(&status)),
+                Outcome::Redirected { .. } => proptest::prop_assert!((300..400).contains(&status)),
+                _ => {}
+            }
+            if let Some(v) = &retry_after {
+                let _ = parse_retry_after(v);
+            }
+        }
+    }
+
     #[test]
     fn rejected_body_is_bounded() {
         let big = vec![b'x'; 10_000];
