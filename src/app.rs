@@ -75,7 +75,6 @@ pub async fn run_with(
         .map_err(|e| AppError::Start(format!("SIGHUP handler: {e}")))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AppError::Start(format!("SIGTERM handler: {e}")))?;
-    let clock = Clock::system();
     let db_path = config.db_path();
     let (store, quarantined) =
         Store::open(&db_path, config.queue.cache_capacity).map_err(|source| AppError::Store {
@@ -83,6 +82,14 @@ pub async fn run_with(
             source,
         })?;
     let store = Arc::new(store);
+    // After the store: its folder exists for the clock's anchor file.
+    let (clock, step) = Clock::resume(&config.state_dir.join("clock"));
+    if step != 0 {
+        tracing::warn!(
+            "The wall clock moved {}s while the agent was down (same boot); the agent's clock continues from where it stood, so rate-limit budgets stay true to real time. Times it shows are off by that much until the next reboot.",
+            step / 1000
+        );
+    }
     let depth: u64 = store.depths().values().map(|d| d.alerts).sum();
     tracing::info!(path = %db_path.display(), queued = depth, "The queue is open.");
     // Integrations given by id/api_name get their inbound URLs before anything sends.
