@@ -27,6 +27,25 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
+/// Exponential backoff, the one schedule for everything that retries toward OnCall (the
+/// sender's alerts and the API client's calls): `initial`, doubling with each attempt, never
+/// above `max`; saturating, whatever the attempt count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait before attempt `attempt + 1` after `attempt` failures (1: `initial`).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1).min(31))
+            .unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
 /// Where a 3xx answer points, fit to print: the `Location` resolved against the request's URL
 /// and redacted (it may carry the token on to the new host), or why it cannot be shown.
 pub fn redirect_target(request: &reqwest::Url, location: Option<&[u8]>) -> String {
@@ -68,6 +87,22 @@ mod tests {
             "http://oncall.example.com/oncall/integrations/v1/webhook/***/"
         );
         assert_eq!(redirect_target(&from, None), "no Location given");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_never_overflows() {
+        let b = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        };
+        let d: Vec<u64> = (0..6).map(|a| b.delay(a).as_secs()).collect();
+        assert_eq!(d, [1, 1, 2, 4, 8, 8]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(8));
+        let unbounded = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::MAX,
+        };
+        assert_eq!(unbounded.delay(40), Duration::from_secs(1 << 31));
     }
 
     proptest! {

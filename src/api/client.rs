@@ -641,7 +641,12 @@ impl ApiClient {
                     },
                 ),
             };
-            if attempt >= self.policy.attempts || tokio::time::Instant::now() + after > deadline {
+            // Checked: `after` may be a Retry-After of u64::MAX seconds, and `Instant + Duration`
+            // panics on overflow (an abort, in the release build).
+            let past_deadline = tokio::time::Instant::now()
+                .checked_add(after)
+                .is_none_or(|t| t > deadline);
+            if attempt >= self.policy.attempts || past_deadline {
                 return Err(give_up);
             }
             tracing::debug!(
@@ -654,9 +659,11 @@ impl ApiClient {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        self.policy
-            .backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        crate::oncall::Backoff {
+            initial: self.policy.backoff,
+            max: self.policy.max_wait,
+        }
+        .delay(attempt)
     }
 
     /// The API's own words, minus the token should it ever echo it.
@@ -821,6 +828,19 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("retry in 3600s"), "{e}");
+        assert_eq!(s.times(), vec![0]);
+    }
+
+    /// Regression: `Instant + Retry-After` overflowed and panicked (the release build aborts)
+    /// on `Retry-After: 18446744073709551615`. Such a wait is past any deadline: give up.
+    #[tokio::test(start_paused = true)]
+    async fn a_429_with_a_retry_after_of_u64_max_gives_up_instead_of_panicking() {
+        let mut limited = answer(429, "");
+        limited.retry_after = Some("18446744073709551615".into());
+        let s = Script::new(vec![Ok(limited)]);
+        let c = client(&s, "300/5m");
+        let e = c.check_token().await.unwrap_err();
+        assert!(matches!(e, ApiError::RateLimited { .. }), "{e}");
         assert_eq!(s.times(), vec![0]);
     }
 

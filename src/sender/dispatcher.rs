@@ -592,13 +592,11 @@ impl Dispatcher {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let initial = self.delivery.retry_initial;
-        let cap = initial
-            .checked_mul(
-                1u32.checked_shl(attempt.saturating_sub(1).min(31))
-                    .unwrap_or(u32::MAX),
-            )
-            .unwrap_or(self.delivery.retry_max)
-            .min(self.delivery.retry_max);
+        let cap = crate::oncall::Backoff {
+            initial,
+            max: self.delivery.retry_max,
+        }
+        .delay(attempt);
         match self.jitter {
             Jitter::None => cap,
             Jitter::Full => {
