@@ -221,3 +221,30 @@ async fn a_reloaded_delivery_timeout_applies_to_the_next_request() {
     );
     assert!(!oncall.accepted().is_empty());
 }
+
+/// Scenario: OnCall answers 200 with garbage (not its `"Ok."`). The status is the contract:
+/// the engine answers 200 with other bodies too (empty for a heartbeat POST, and it creates an
+/// alert for a JSON array or string), so a 2xx with any body is a delivery, acked once, and the
+/// garbage is neither parsed nor kept. A body of any size is read only up to 16 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_with_garbage_is_one_delivery_and_the_garbage_is_not_read_further() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    oncall.set_default(Reply::status(
+        200,
+        &"\u{0}<html>\u{fffd}garbage".repeat(100_000),
+    ));
+    let d = Daemon::start(&format!(
+        "{FAST}{}",
+        integration("db", &oncall.url("formatted_webhook", "T"))
+    ))
+    .await;
+    for n in 0..5 {
+        let (s, _) = d.post("db", &format!(r#"{{"title":"{n}"}}"#)).await;
+        assert_eq!(s, 202);
+    }
+    assert!(wait_for(Duration::from_secs(20), || async { d.depth().await == 0 }).await);
+    assert_eq!(oncall.all().len(), 5, "each alert once");
+    let st = d.status().await;
+    assert_eq!(db(&st)["delivered_total"], 5, "{st}");
+    assert_eq!(db(&st)["last_error"], serde_json::Value::Null, "{st}");
+}
