@@ -10,7 +10,9 @@
 //! 1. OnCall's limits equal the agent's budgets (300/5m per integration, 500/5m org);
 //! 2. the same, with crashes and a reopen of the database in the middle of the first windows;
 //! 3. the org budget at the engine's default, 900/5m, so each integration's budget binds;
-//! 4. OnCall stricter than the agent (250/5m per integration, 400/5m org);
+//! 4. OnCall stricter than the agent (250/5m per integration, 400/5m org, then 150/5m and
+//!    300/5m), learning its windows (the default) and, as the baseline in the same run, with
+//!    learning off (pause, then probe every 15 s);
 //! 5. baselines against the limits of run 1: the agent with its limiter off (budgets of
 //!    1,000,000/5m; it still pauses and probes on 429), and a naive sender (4 requests in
 //!    flight per integration, each 429 retried after 1 s, like a sender that ignores the
@@ -68,6 +70,9 @@ struct Run {
     /// Whether the sender pauses on 429 (the agent) and its pauses are checked.
     pauses: bool,
     wall: Duration,
+    /// The server's limits and window phases, where they differ from the agent's budgets:
+    /// (per integration, org).
+    server: Option<([(Rate, Millis); 3], (Rate, Millis))>,
 }
 
 /// Runs the storm through the real dispatcher.
@@ -79,20 +84,27 @@ async fn storm(
     // (when, whether the database is also closed and reopened)
     crashes: &[(Millis, bool)],
     seed: u64,
+    learn: bool,
 ) -> Run {
     let wall = Instant::now();
     let ints: Vec<(&str, Rate)> = NAMES.iter().copied().zip(agent).collect();
-    let mut sim = Sim::new(&ints, agent_org, default_delivery(), seed);
+    let mut delivery = default_delivery();
+    delivery.learn = learn;
+    let mut sim = Sim::new(&ints, agent_org, delivery, seed);
     sim.fake.set_network(network());
-    match server {
+    let server = match server {
         Some((i, o)) => {
-            for (n, r) in NAMES.iter().zip(i) {
-                sim.fake.limit_integration(n, r);
+            let mut phases = [(rate(1, 1), 0); 3];
+            for ((n, r), p) in NAMES.iter().zip(i).zip(phases.iter_mut()) {
+                *p = (r, sim.fake.limit_integration(n, r));
             }
-            sim.fake.limit_org(o);
+            Some((phases, (o, sim.fake.limit_org(o))))
         }
-        None => sim.fake_limits_equal_to_agent(),
-    }
+        None => {
+            sim.fake_limits_equal_to_agent();
+            None
+        }
+    };
     for (k, n) in NAMES.iter().enumerate() {
         sim.queue(n, arrivals(k, 0));
     }
@@ -136,10 +148,11 @@ async fn storm(
                 .map(|i| i.budget.rate_limited_total)
                 .sum::<u64>(),
         starts: sim.starts.clone(),
-        pauses: true,
+        pauses: !learn,
         hits,
         drained,
         wall: wall.elapsed(),
+        server,
     }
 }
 
@@ -220,6 +233,7 @@ async fn naive(seed: u64, retry: bool) -> Run {
         },
         all_delivered: delivered.len() == 20_000,
         pauses: false,
+        server: None,
         board_429: 0,
         starts: vec![T0],
         hits,
@@ -416,6 +430,70 @@ fn report(run: &Run, budgets: Option<([u32; 3], u32)>) {
     );
 }
 
+/// For a run against an OnCall stricter than the agent: 429s per server window after each
+/// scope's first limited one, and the share of the server's real throughput used: alerts
+/// accepted in the org's whole windows from the second limited one to the last before the
+/// queues drained, over those windows' capacity (the org's limit binds in these runs).
+fn learned_report(run: &Run) {
+    let Some((ints, (org, org_phase))) = run.server else {
+        return;
+    };
+    let window_of = |t: Millis, phase: Millis| (t + phase) / WINDOW;
+    let mut worst = Vec::new();
+    for (scope, phase) in NAMES
+        .iter()
+        .map(|n| Some(*n))
+        .zip(ints.iter().map(|(_, p)| *p))
+        .chain(std::iter::once((None, org_phase)))
+    {
+        let mut per: BTreeMap<Millis, usize> = BTreeMap::new();
+        for h in run.hits.iter().filter(|h| h.status == 429) {
+            let mine = match scope {
+                Some(n) => !h.org_limited && h.integration == n,
+                None => h.org_limited,
+            };
+            if mine {
+                *per.entry(window_of(h.arrived.unwrap_or(h.sent), phase))
+                    .or_default() += 1;
+            }
+        }
+        let after: Vec<usize> = per.values().skip(1).copied().collect();
+        worst.push(format!(
+            "{} {} after the first limited window (most in one: {})",
+            scope.unwrap_or("org"),
+            after.iter().sum::<usize>(),
+            after.iter().max().copied().unwrap_or(0)
+        ));
+    }
+    println!("- 429s: {}", worst.join("; "));
+    let first_429 = run
+        .hits
+        .iter()
+        .filter(|h| h.status == 429)
+        .filter_map(|h| h.arrived)
+        .min();
+    let end = run.drained.values().min().copied().unwrap_or(0) + T0;
+    if let Some(first) = first_429 {
+        let (from, to) = (window_of(first, org_phase) + 1, window_of(end, org_phase));
+        if to > from {
+            let accepted = run
+                .hits
+                .iter()
+                .filter(|h| h.status == 200)
+                .filter_map(|h| h.arrived)
+                .filter(|a| (from..to).contains(&window_of(*a, org_phase)))
+                .count();
+            let cap = (to - from) * org.count as u64;
+            println!(
+                "- the server's real throughput used: {accepted} of {cap} in its {} whole org windows \
+                 from the second limited one until a queue drained = {:.2} %",
+                to - from,
+                100.0 * accepted as f64 / cap as f64
+            );
+        }
+    }
+}
+
 fn window_table(run: &Run, windows: u64) {
     println!("| 5-min window | a | b | c | org |\n|---|---|---|---|---|");
     for w in 0..windows {
@@ -454,6 +532,7 @@ fn main() {
             None,
             &[],
             1,
+            true,
         )
         .await;
         report(&r1, Some(([300; 3], 500)));
@@ -466,6 +545,7 @@ fn main() {
             None,
             &[(3_000, false), (303_500, true)],
             2,
+            true,
         )
         .await;
         report(&r2, Some(([300; 3], 500)));
@@ -477,21 +557,39 @@ fn main() {
             None,
             &[],
             3,
+            true,
         )
         .await;
         report(&r3, Some(([300; 3], 900)));
         window_table(&r3, 12);
 
-        let r4 = storm(
-            "4. OnCall stricter than the agent: 250/5m per integration, 400/5m org",
-            [d; 3],
-            rate(500, 300),
-            Some(([rate(250, 300); 3], rate(400, 300))),
-            &[],
-            4,
-        )
-        .await;
-        report(&r4, None);
+        for (name, int, org) in [
+            ("4", 250, 400),
+            ("4c", 150, 300),
+        ] {
+            for learn in [true, false] {
+                let r4 = storm(
+                    &format!(
+                        "{name}{}. OnCall stricter than the agent: {int}/5m per integration, {org}/5m org; {}",
+                        if learn { "" } else { "b" },
+                        if learn {
+                            "learning its windows (the default)"
+                        } else {
+                            "baseline: learning off, pause and probe every 15 s"
+                        }
+                    ),
+                    [d; 3],
+                    rate(500, 300),
+                    Some(([rate(int, 300); 3], rate(org, 300))),
+                    &[],
+                    4,
+                    learn,
+                )
+                .await;
+                report(&r4, None);
+                learned_report(&r4);
+            }
+        }
 
         let big = rate(1_000_000, 300);
         let r5 = storm(
@@ -501,6 +599,7 @@ fn main() {
             Some(([d; 3], rate(500, 300))),
             &[],
             1,
+            false,
         )
         .await;
         report(&r5, None);

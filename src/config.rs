@@ -203,6 +203,7 @@ struct RawDelivery {
     retry_max: Option<HumanDuration>,
     probe_interval: Option<HumanDuration>,
     max_retry_after: Option<HumanDuration>,
+    learn: Option<bool>,
     concurrency: Option<usize>,
 }
 
@@ -488,6 +489,9 @@ pub struct Delivery {
     /// clamped with a WARN (for a 429, also to the window of the budget it names). The header
     /// is network input: unbounded, one answer could park a key for years. Default 10 min.
     pub max_retry_after: Duration,
+    /// Learn OnCall's real windows (reset time and limit per scope) from its 429s, and send
+    /// at most that many per window, the first just after the predicted reset. Default true.
+    pub learn: bool,
     /// Requests in flight per integration (different grouping keys). Default 4.
     pub concurrency: usize,
 }
@@ -1068,6 +1072,7 @@ impl Validator<'_> {
             retry_max: r.retry_max.map_or(Duration::from_secs(300), |d| d.0),
             probe_interval: r.probe_interval.map_or(Duration::from_secs(15), |d| d.0),
             max_retry_after: r.max_retry_after.map_or(Duration::from_secs(600), |d| d.0),
+            learn: r.learn.unwrap_or(true),
             concurrency: r.concurrency.unwrap_or(4),
         };
         if d.timeout.is_zero() {

@@ -251,6 +251,37 @@ impl Collector for ReportCollector {
             MetricType::Gauge,
             left,
         )?;
+        // What was learned of OnCall's real windows (only scopes where something was).
+        let learned = |f: &dyn Fn(&ScopeStatus) -> Option<i64>| {
+            let mut v: Vec<(Labels, ConstGauge)> = ints
+                .iter()
+                .filter_map(|i| {
+                    let mut l = vec![("scope", "integration".to_string())];
+                    l.extend(int(&i.name));
+                    Some((l, ConstGauge::new(f(&i.sender.budget)?)))
+                })
+                .collect();
+            if let Some(x) = f(&r.org) {
+                v.push((vec![("scope", "org".to_string())], ConstGauge::new(x)));
+            }
+            v
+        };
+        family(
+            &mut enc,
+            "learned_limit",
+            "Requests per window OnCall was seen to take, learned from its 429s",
+            None,
+            MetricType::Gauge,
+            learned(&|s| s.learned_limit.map(i64::from)),
+        )?;
+        family(
+            &mut enc,
+            "learned_reset",
+            "Time until OnCall's next rate-limit window begins, as learned from its 429s",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            learned(&|s| s.learned_reset_in_s.map(|x| x.ceil() as i64)),
+        )?;
         let mut paused: Vec<(Labels, ConstGauge)> = ints
             .iter()
             .map(|i| {

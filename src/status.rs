@@ -25,6 +25,12 @@ pub struct ScopeStatus {
     pub paused_reason: Option<String>,
     /// 429 answers counted against this scope since start.
     pub rate_limited_total: u64,
+    /// Requests per window OnCall was seen to take here, once learned from its 429s.
+    #[serde(default)]
+    pub learned_limit: Option<u32>,
+    /// Seconds until OnCall's next window begins here, once learned.
+    #[serde(default)]
+    pub learned_reset_in_s: Option<f64>,
 }
 
 /// Everything the sender knows about one integration.

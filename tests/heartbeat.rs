@@ -51,6 +51,7 @@ fn delivery() -> oncall_agent::config::Delivery {
         retry_max: Duration::from_secs(60),
         probe_interval: Duration::from_secs(15),
         max_retry_after: Duration::from_secs(600),
+        learn: true,
         concurrency: 4,
     }
 }

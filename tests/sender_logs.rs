@@ -60,12 +60,10 @@ fn count_429(hits: &[Hit]) -> usize {
 #[tokio::test(start_paused = true)]
 async fn a_429_pause_is_logged_once_not_per_refused_request() {
     logs();
-    let mut sim = Sim::new(
-        &[("paused", rate(300, 300))],
-        rate(500, 300),
-        default_delivery(),
-        1,
-    );
+    // Its 429 spans (0-40 s, 100-130 s) follow no 300 s window: pause-and-probe, unlearned.
+    let mut d = default_delivery();
+    d.learn = false;
+    let mut sim = Sim::new(&[("paused", rate(300, 300))], rate(500, 300), d, 1);
     sim.fake.set_network(Network::fixed(40, 60));
     sim.fake.script(|h| {
         let t = h.arrived.unwrap() - T0;

@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Transport;
+use super::learn::{Learner, Seen};
 use super::limiter::{LimiterSet, Scope};
 use super::outcome::{LimitScope, Outcome};
 use crate::clock::{Clock, Millis, ms};
@@ -210,6 +211,8 @@ pub struct Dispatcher {
     delivery: Delivery,
     org_rate: Rate,
     limiters: LimiterSet,
+    /// What was learned of OnCall's real windows (see [`super::learn`]).
+    learner: Learner,
     org_pause: Option<Pause>,
     org_429: u64,
     integrations: Vec<Integration>,
@@ -235,6 +238,13 @@ impl Dispatcher {
     ) -> Result<Dispatcher, DispatchError> {
         let now = clock.now();
         let limiters = LimiterSet::load(store.limiter_tree().clone(), scopes_of(&cfg), now)?;
+        let mut learner = Learner::new(now);
+        for (scope, learned) in limiters.load_learned() {
+            if let Some(l) = limiters.get(&scope) {
+                learner.seed(&scope, l.slots().iter().map(|s| (s.id, s.sent, s.until)));
+            }
+            learner.restore(scope, learned);
+        }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut d = Dispatcher {
             store,
@@ -244,6 +254,7 @@ impl Dispatcher {
             delivery: cfg.delivery.clone(),
             org_rate: cfg.org,
             limiters,
+            learner,
             org_pause: None,
             org_429: 0,
             integrations: Vec::new(),
@@ -266,6 +277,13 @@ impl Dispatcher {
 
     /// Applies a (re)loaded config: integrations added, removed or changed, limits, delivery.
     fn apply(&mut self, cfg: SenderConfig) -> Result<(), DispatchError> {
+        // A budget changed by the operator: what was learned under the old one is forgotten.
+        for (scope, rate) in scopes_of(&cfg) {
+            let now = (rate.count as usize, ms(rate.per));
+            if self.limiters.get(&scope).is_some_and(|l| l.rate() != now) {
+                self.learner.forget(&scope);
+            }
+        }
         self.limiters.configure(scopes_of(&cfg))?;
         self.transport.set_timeout(cfg.delivery.timeout);
         self.delivery = cfg.delivery;
@@ -371,8 +389,10 @@ impl Dispatcher {
     /// a crash, only alerts whose answer came in since the last flush are delivered twice.
     fn flush_acks(&mut self) -> Result<(), DispatchError> {
         if self.acks.is_empty() {
+            // What an answer taught is written with the next flush (of slots or acks).
             return Ok(());
         }
+        self.save_learned()?;
         self.acks.sort();
         for group in self.acks.chunk_by(|a, b| a.0 == b.0) {
             let seqs: Vec<(u64, u64)> =
@@ -511,7 +531,7 @@ impl Dispatcher {
                     continue;
                 };
                 let scopes = Self::scopes(&self.integrations[idx].target.name);
-                if self.limiters.next_free(&scopes, now) > now {
+                if self.gate(&scopes, now) > now {
                     continue;
                 }
                 picked = Some((idx, carries, pos, scopes));
@@ -524,6 +544,7 @@ impl Dispatcher {
             // Until answered, the server may count it up to the timeout.
             let until = now.saturating_add(ms(self.delivery.timeout));
             let slot = self.limiters.take(&scopes, now, until)?;
+            self.learner.sent(&scopes, slot, now, until);
             let probe_interval = ms(self.delivery.probe_interval);
             let probe_org = self.org_pause.as_ref().is_some_and(|p| p.probe);
             if let Some(p) = &mut self.org_pause
@@ -557,6 +578,7 @@ impl Dispatcher {
         if out.is_empty() {
             return Ok(());
         }
+        self.save_learned()?;
         // The slots must be on disk before the requests leave: a crash must not forget a send.
         self.store.flush()?;
         // Each request was picked from these structures just above, with no await between.
@@ -586,6 +608,37 @@ impl Dispatcher {
                 let outcome = fut.await;
                 let _ = tx.send(Done { req, outcome });
             });
+        }
+        Ok(())
+    }
+
+    /// The earliest time a request spending `scopes` may leave: the configured budgets, and
+    /// what was learned of OnCall's windows (which can only say later).
+    fn gate(&mut self, scopes: &[Scope], now: Millis) -> Millis {
+        let budget = self.limiters.next_free(scopes, now);
+        if !self.delivery.learn {
+            return budget;
+        }
+        budget.max(self.learner.next_free(scopes, now))
+    }
+
+    /// Where a pause after a 429 of `scope` should end, if OnCall's resets are learned.
+    fn learned_resume(&self, scope: LimitScope, integration: &str, now: Millis) -> Option<Millis> {
+        if !self.delivery.learn {
+            return None;
+        }
+        let s = match scope {
+            LimitScope::Integration => Scope::Integration(integration.to_string()),
+            LimitScope::Org => Scope::Org,
+        };
+        self.learner.resume_at(&s, now)
+    }
+
+    /// Writes what was learned since the last write, beside the limiter slots.
+    fn save_learned(&mut self) -> Result<(), DispatchError> {
+        let (dirty, forgotten) = self.learner.take_changes();
+        if dirty || !forgotten.is_empty() {
+            self.limiters.save_learned(self.learner.all(), &forgotten)?;
         }
         Ok(())
     }
@@ -627,6 +680,12 @@ impl Dispatcher {
             now.saturating_add(ms(self.delivery.timeout))
         };
         self.limiters.answered(&scopes, d.slot, until)?;
+        if self.delivery.learn {
+            for scope in &scopes {
+                let seen = seen_by(scope, &outcome);
+                self.learner.answered(scope, d.slot, until, seen);
+            }
+        }
         let Some(idx) = self
             .integrations
             .iter()
@@ -686,12 +745,20 @@ impl Dispatcher {
                 false,
                 format!("429 with Retry-After {}s", ra.as_secs()),
             ),
-            // Probe a fixed interval after the request that was refused was sent.
-            None => (
-                d.sent_at.saturating_add(probe_interval).max(now),
-                true,
-                "429 without Retry-After; probing".to_string(),
-            ),
+            None => match self.learned_resume(scope, &d.integration, now) {
+                // The resets are learned: no probe before the next one.
+                Some(t) => (
+                    t,
+                    true,
+                    "429 without Retry-After; waiting for OnCall's next window".to_string(),
+                ),
+                // Probe a fixed interval after the request that was refused was sent.
+                None => (
+                    d.sent_at.saturating_add(probe_interval).max(now),
+                    true,
+                    "429 without Retry-After; probing".to_string(),
+                ),
+            },
         };
         let i = &mut self.integrations[idx];
         let pause = match scope {
@@ -935,7 +1002,12 @@ impl Dispatcher {
                 .as_ref()
                 .map_or(0, |p| p.until)
                 .max(org_gate)
-                .max(self.limiters.next_free(&scopes, now));
+                .max(self.limiters.next_free(&scopes, now))
+                .max(if self.delivery.learn {
+                    self.learner.peek_next_free(&scopes, now)
+                } else {
+                    0
+                });
             if i.target.heartbeat.is_some() && !i.heartbeat_in_flight {
                 consider(i.next_heartbeat.max(gate));
             }
@@ -977,6 +1049,8 @@ impl Dispatcher {
             paused_for_s: self.org_pause.as_ref().map(|p| secs(p.until)),
             paused_reason: self.org_pause.as_ref().map(|p| p.reason.clone()),
             rate_limited_total: self.org_429,
+            learned_limit: self.learner.learned(&Scope::Org).and_then(|l| l.limit),
+            learned_reset_in_s: self.learner.next_reset(&Scope::Org, now).map(secs),
         };
         for idx in 0..self.integrations.len() {
             let next = {
@@ -998,6 +1072,9 @@ impl Dispatcher {
             i.status.budget.next_free_in_s = l.map_or(0.0, |l| secs(l.next_free(now)));
             i.status.budget.paused_for_s = i.pause.as_ref().map(|p| secs(p.until));
             i.status.budget.paused_reason = i.pause.as_ref().map(|p| p.reason.clone());
+            let scope = Scope::Integration(i.target.name.clone());
+            i.status.budget.learned_limit = self.learner.learned(&scope).and_then(|l| l.limit);
+            i.status.budget.learned_reset_in_s = self.learner.next_reset(&scope, now).map(secs);
             board
                 .integrations
                 .insert(i.target.name.clone(), i.status.clone());
@@ -1066,4 +1143,24 @@ fn scopes_of(cfg: &SenderConfig) -> Vec<(Scope, Rate)> {
         .map(|t| (Scope::Integration(t.name.clone()), t.rate))
         .chain(std::iter::once((Scope::Org, cfg.org)))
         .collect()
+}
+
+/// What an outcome tells the learner about `scope`.
+fn seen_by(scope: &Scope, outcome: &Outcome) -> Seen {
+    match outcome {
+        Outcome::Delivered | Outcome::Rejected { .. } => Seen::Accepted,
+        Outcome::RateLimited { scope: s, .. } => match (s, scope) {
+            (LimitScope::Org, Scope::Org) | (LimitScope::Integration, Scope::Integration(_)) => {
+                Seen::Refused
+            }
+            // OnCall checks the integration first: the org never counted this request...
+            (LimitScope::Integration, _) => Seen::NotCounted,
+            // ... and the integration counted it, with room to spare.
+            (LimitScope::Org, _) => Seen::Accepted,
+        },
+        Outcome::Retry {
+            answered: false, ..
+        } => Seen::Unanswered,
+        Outcome::Retry { .. } | Outcome::Redirected { .. } => Seen::Other,
+    }
 }

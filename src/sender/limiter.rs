@@ -153,6 +153,22 @@ impl Scope {
         }
         let (p, id) = k.split_at(k.len() - 8);
         let id = u64::from_be_bytes(id.try_into().ok()?);
+        Some((Scope::from_prefix(p)?, id))
+    }
+
+    /// The key of what [`super::learn`] keeps for this scope, in the same tree.
+    pub fn learn_key(&self) -> Vec<u8> {
+        let mut k = LEARN_PREFIX.to_vec();
+        k.extend_from_slice(&self.key_prefix());
+        k
+    }
+
+    /// The scope of a [`Scope::learn_key`].
+    pub fn from_learn_key(k: &[u8]) -> Option<Scope> {
+        Scope::from_prefix(k.strip_prefix(LEARN_PREFIX)?)
+    }
+
+    fn from_prefix(p: &[u8]) -> Option<Scope> {
         let p = p.strip_suffix(&[0])?;
         let scope = match p {
             b"org" => Scope::Org,
@@ -163,9 +179,12 @@ impl Scope {
                     .to_string(),
             ),
         };
-        Some((scope, id))
+        Some(scope)
     }
 }
+
+/// Keys of learned windows ([`super::learn`]) in the limiter tree begin with this.
+const LEARN_PREFIX: &[u8] = b"learn/";
 
 /// Every scope's limiter, persisted in a sled tree.
 pub struct LimiterSet {
@@ -191,6 +210,9 @@ impl LimiterSet {
         let mut stale = Vec::new();
         for kv in tree.iter() {
             let (k, v) = kv?;
+            if k.starts_with(LEARN_PREFIX) {
+                continue;
+            }
             let Some((scope, id)) = Scope::from_key(&k) else {
                 stale.push(k);
                 continue;
@@ -239,6 +261,33 @@ impl LimiterSet {
                     self.limiters.insert(scope, l);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// What was learned of OnCall's windows, per scope, as persisted.
+    pub fn load_learned(&self) -> Vec<(Scope, super::learn::Learned)> {
+        self.tree
+            .scan_prefix(LEARN_PREFIX)
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                Some((Scope::from_learn_key(&k)?, serde_json::from_slice(&v).ok()?))
+            })
+            .collect()
+    }
+
+    /// Writes what was learned (not flushed: the next flush of the turn takes it).
+    pub fn save_learned<'a>(
+        &self,
+        learned: impl Iterator<Item = (&'a Scope, &'a super::learn::Learned)>,
+        forgotten: &[Scope],
+    ) -> Result<(), sled::Error> {
+        for s in forgotten {
+            self.tree.remove(s.learn_key())?;
+        }
+        for (s, l) in learned {
+            let v = serde_json::to_vec(l).unwrap_or_default();
+            self.tree.insert(s.learn_key(), v)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dispatcher;
+pub mod learn;
 pub mod limiter;
 pub mod outcome;
 

@@ -60,6 +60,7 @@ pub fn default_delivery() -> Delivery {
         retry_max: Duration::from_secs(300),
         probe_interval: Duration::from_secs(15),
         max_retry_after: Duration::from_secs(600),
+        learn: true,
         concurrency: 4,
     }
 }
