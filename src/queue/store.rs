@@ -201,11 +201,26 @@ fn prefix(integration: &str) -> Vec<u8> {
     p
 }
 
+/// The words of an I/O error. sled hands some errors back re-wrapped, as a new error whose
+/// text is the original's Debug form (`Os { code: 5, kind: .., message: .. }`); for those the
+/// OS's own words are recovered from the code. For display only: no decision reads this.
+fn os_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if e.raw_os_error().is_some() {
+        return text;
+    }
+    text.split_once("Os { code: ")
+        .and_then(|(_, rest)| rest.split(',').next()?.parse::<i32>().ok())
+        .map_or(text.clone(), |code| {
+            std::io::Error::from_raw_os_error(code).to_string()
+        })
+}
+
 impl StoreError {
     /// A short reason fit for an HTTP answer or a log line (sled's own Display shows Debug).
     pub fn reason(&self) -> String {
         match self {
-            StoreError::Sled(sled::Error::Io(e)) => format!("disk I/O error: {e}"),
+            StoreError::Sled(sled::Error::Io(e)) => format!("disk I/O error: {}", os_words(e)),
             other => other.to_string(),
         }
     }
@@ -899,6 +914,21 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Opens a database just dropped. sled lets go of its lock only when its flusher thread
+    /// has ended, a moment after the drop: wait for that, with a deadline.
+    fn reopen(path: &Path) -> Store {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path, 1 << 20) {
+                Ok((s, _)) => return s,
+                Err(e) if std::time::Instant::now() < end && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     fn dead(id: u64) -> DeadLetter {
         DeadLetter {
             id,
@@ -942,7 +972,7 @@ mod tests {
         // Counters survive a restart: they are rebuilt from what is on disk.
         store.sync().unwrap();
         drop(store);
-        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        let store = reopen(&dir.path().join("q"));
         assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
     }
 
@@ -969,7 +999,7 @@ mod tests {
         }
         store.sync().unwrap();
         drop(store);
-        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let store = reopen(&path);
         let d = store.depth("a");
         assert_eq!((d.alerts, d.bytes), (3, 3 * env.len() as u64));
         assert_eq!(store.total_bytes(), 3 * env.len() as u64);
@@ -997,7 +1027,7 @@ mod tests {
             .unwrap();
         store.sync().unwrap();
         drop(store);
-        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let store = reopen(&path);
         let rows = store.meta_scan(&[META_PREFIX], 10).unwrap();
         assert_eq!(rows, vec![(kept, b"pos".to_vec())]);
     }
@@ -1017,6 +1047,18 @@ mod tests {
             .and_then(|()| store.sync());
         assert!(matches!(r, Err(StoreError::Unlinked { .. })), "{r:?}");
         assert!(store.fatal().unwrap().contains("deleted or replaced"));
+    }
+
+    #[test]
+    fn an_io_error_sled_re_wrapped_reads_as_the_os_says_it() {
+        let os = std::io::Error::from_raw_os_error(5);
+        let wrapped = std::io::Error::other(format!("{os:?}"));
+        for e in [os, wrapped] {
+            assert_eq!(
+                StoreError::Sled(sled::Error::Io(e)).reason(),
+                "disk I/O error: Input/output error (os error 5)"
+            );
+        }
     }
 
     #[test]
