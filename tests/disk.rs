@@ -198,13 +198,13 @@ async fn post_until_gone(d: &Daemon) -> usize {
 async fn a_failed_disk_stops_the_daemon_within_a_second_with_one_error() {
     let Some(disk) = Ext4::mount() else { return };
     let oncall = FakeOnCall::start(&["T"]).await;
-    // Down: alerts stay queued, so the dispatcher writes to the failed disk too.
-    oncall.set_default(Reply::status(503, "down"));
     let mut d = daemon_on(Some(&disk.mnt.join("state")), &oncall, "").await;
     for n in 0..5 {
         let (s, b) = d.post("a", &format!(r#"{{"n":{n}}}"#)).await;
         assert_eq!(s, 202, "{b}");
     }
+    // Delivered and acknowledged: from now on only ingest writes to the disk.
+    assert!(wait_for(WAIT, || async { d.depth().await == 0 }).await);
     disk.shut_down();
     let failed = Instant::now();
     let refused = post_until_gone(&d).await;
@@ -218,7 +218,35 @@ async fn a_failed_disk_stops_the_daemon_within_a_second_with_one_error() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     let errors = d.error_lines();
     assert_eq!(errors.len(), 1, "{}", d.logs());
-    assert!(errors[0].contains("I/O error"), "{}", errors[0]);
+    assert!(errors[0].contains("Input/output error"), "{}", errors[0]);
+}
+
+/// Issue 10, defect 3: the same failure met first by the sender (a retry's write, with OnCall
+/// down) is the same one ERROR and the same fast exit, not "the sender stopped" as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_disk_met_first_by_the_sender_is_one_error_and_a_fast_exit() {
+    let Some(disk) = Ext4::mount() else { return };
+    let oncall = FakeOnCall::start(&["T"]).await;
+    // Down: the alerts stay queued and every retry rewrites one on the disk.
+    oncall.set_default(Reply::status(503, "down"));
+    let mut d = daemon_on(Some(&disk.mnt.join("state")), &oncall, "").await;
+    for n in 0..5 {
+        assert_eq!(d.post("a", &format!(r#"{{"n":{n}}}"#)).await.0, 202);
+    }
+    disk.shut_down();
+    let failed = Instant::now();
+    let st = d
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("the daemon still runs on a dead disk:\n{}", d.logs()));
+    println!(
+        "failed disk, sender first: exit {st} {:?} after",
+        failed.elapsed()
+    );
+    assert!(!st.success(), "{st}");
+    let errors = d.error_lines();
+    assert_eq!(errors.len(), 1, "{}", d.logs());
+    assert!(errors[0].contains("Input/output error"), "{}", errors[0]);
 }
 
 /// Issue 10, defect 3: the watchdog's ping wrote nothing, so with no alert coming in a daemon
@@ -268,9 +296,10 @@ async fn a_failed_disk_is_found_by_the_watchdog_probe_with_no_traffic() {
 async fn a_state_folder_gone_read_only_while_running_is_refused_and_the_agent_exits() {
     let Some(disk) = Ext4::mount() else { return };
     let oncall = FakeOnCall::start(&["T"]).await;
-    oncall.set_default(Reply::status(503, "down"));
     let mut d = daemon_on(Some(&disk.mnt.join("state")), &oncall, "").await;
     assert_eq!(d.post("a", r#"{"n":0}"#).await.0, 202);
+    // Delivered and acknowledged: from now on only ingest writes to the disk.
+    assert!(wait_for(WAIT, || async { d.depth().await == 0 }).await);
     disk.fail_read_only();
     post_until_gone(&d).await;
     let st = d
