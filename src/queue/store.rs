@@ -474,8 +474,9 @@ impl Store {
         })
     }
 
-    /// Fails with [`StoreError::Unlinked`] unless the open database file is still the one at
-    /// its path (one fstat and one stat: nothing next to the fsync before it).
+    /// Fails with [`StoreError::Unlinked`] when the open database file is no longer the one at
+    /// its path: deleted (no link left, or nothing at the path) or replaced. One fstat and one
+    /// stat: nothing next to the fsync before it.
     fn check_linked(&self) -> Result<(), StoreError> {
         use std::os::unix::fs::MetadataExt;
         let sync_error = |source| StoreError::Sync {
@@ -490,8 +491,12 @@ impl Store {
             return Err(gone());
         }
         match std::fs::metadata(&self.db_file_path) {
-            Ok(m) if m.dev() == open.dev() && m.ino() == open.ino() => Ok(()),
-            Ok(_) => Err(gone()),
+            // Another file in its place on the same file system: replaced. Devices that differ
+            // say nothing for sure (some overlay file systems report one device for a path and
+            // another for an open file), and a false alarm here would restart the agent in a
+            // loop, so only the inode is trusted, and only on the same device.
+            Ok(m) if m.dev() == open.dev() && m.ino() != open.ino() => Err(gone()),
+            Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone()),
             Err(e) => Err(sync_error(e)),
         }
@@ -1047,6 +1052,20 @@ mod tests {
             .and_then(|()| store.sync());
         assert!(matches!(r, Err(StoreError::Unlinked { .. })), "{r:?}");
         assert!(store.fatal().unwrap().contains("deleted or replaced"));
+    }
+
+    /// The state folder moved aside and another database put in its place.
+    #[test]
+    fn a_replaced_database_fails_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        store.sync().unwrap();
+        std::fs::rename(&path, dir.path().join("q.old")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("db"), b"another").unwrap();
+        assert!(matches!(store.sync(), Err(StoreError::Unlinked { .. })));
+        assert!(store.fatal().is_some());
     }
 
     #[test]
