@@ -3,8 +3,9 @@
 //! Trees:
 //! - `queue`: `<integration>\0<seq: u64 BE>` -> [`Envelope`]. One tree for every integration,
 //!   so one `apply_batch` is atomic across integrations and can also carry a file source's
-//!   offset (keys starting with [`META_PREFIX`], which no integration name can). Sequence
-//!   numbers are global and increase, so each integration's range is its FIFO.
+//!   offset (keys starting with [`META_PREFIX`], which no integration name can), and the key
+//!   the writer rewrites for the watchdog ([`Store::probe`]). Sequence numbers are global and
+//!   increase, so each integration's range is its FIFO.
 //! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused.
 //! - `limiter`: `<scope>\0<slot BE>` -> two u64 (sent, counted-until), see `sender::limiter`.
 //! - `api_limiter`: the same for the OnCall API's budget (its own tree, because a limiter set
@@ -16,6 +17,11 @@
 //! cache nor the file's metadata, and it never syncs the blob files where it puts values above
 //! segment_size/4. [`Store::sync`] adds an `fsync` of the db file, of new blob files and of the
 //! blob folder. The segment is sized so that the largest accepted body never becomes a blob.
+//!
+//! Failure: after an I/O error sled refuses every later write until the database is reopened,
+//! an fsync error may have lost dirty pages, and a database deleted under the agent takes
+//! writes nobody will read. The first such error, met by any caller, marks the store fatal
+//! ([`Store::set_fatal`]); the daemon then exits for its supervisor to restart it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -439,7 +445,7 @@ impl Store {
     /// limiter's), is an I/O error: sled then refuses every later write.
     pub fn check_sled_error(&self, e: &sled::Error) {
         if let sled::Error::Io(io) = e {
-            self.set_fatal(format!("disk I/O error: {io}"));
+            self.set_fatal(format!("disk I/O error: {}", os_words(io)));
         }
     }
 
