@@ -203,11 +203,20 @@ pub async fn run_with(
             r = tokio::signal::ctrl_c() => { let _ = r; break }
             _ = &mut stop => break,
             _ = store.fatal_notify.notified() => {
-                tracing::error!("Stopping so that the supervisor restarts the agent: {}. Every alert answered 202 is on disk.", store.fatal().unwrap_or_default());
-                failure = Some(AppError::Fatal(store.fatal().unwrap_or_default()));
+                failure = Some(disk_failure(&store));
                 break;
             }
             r = &mut sender => {
+                // The dispatcher may meet a failed disk first (an ack, a limiter write): the
+                // same failure, reported and handled once, as the disk's.
+                if let Ok(Err(crate::sender::dispatcher::DispatchError::Limiter(e))) = &r {
+                    store.check_sled_error(e);
+                }
+                if store.fatal().is_some() {
+                    failure = Some(disk_failure(&store));
+                    sender_done = Some(());
+                    break;
+                }
                 let why = match r {
                     Ok(Ok(())) => "it ended".to_string(),
                     Ok(Err(e)) => e.to_string(),
@@ -221,6 +230,14 @@ pub async fn run_with(
         }
     }
 
+    if let Some(f @ AppError::Fatal(_)) = failure {
+        // Nothing is left to save: every alert answered 202 is on disk, and the database
+        // takes no more writes. Exit at once; the binary logs the one ERROR and the
+        // supervisor restarts the agent on a freshly opened database.
+        let _ = stop_tx.send(true);
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        return Err(f);
+    }
     tracing::info!("Stopping: no new alerts are accepted; in-flight work finishes.");
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
@@ -270,6 +287,14 @@ pub async fn run_with(
     }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The daemon's exit after the queue database failed (see `Store::set_fatal`).
+fn disk_failure(store: &Store) -> AppError {
+    AppError::Fatal(format!(
+        "The queue database can no longer be written ({}); the agent stops so that its supervisor restarts it. Every alert answered 202 is on disk.",
+        store.fatal().unwrap_or_default()
+    ))
 }
 
 fn rates_of(c: &Config) -> BTreeMap<String, crate::config::Rate> {
@@ -471,7 +496,8 @@ async fn supervise(
                 ]);
             }
             (w, d) => {
-                if *stop.borrow() {
+                // A failed disk stops the daemon, which says so itself.
+                if *stop.borrow() || reporter.store.fatal().is_some() {
                     return;
                 }
                 if !failing {

@@ -89,6 +89,14 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
     })
 }
 
+/// `log.level` with sled's own log lines turned off: sled returns every error it meets to the
+/// agent, which reports it once, in words (a failed disk is one ERROR, not a dozen lines of
+/// sled's Debug output from its flusher thread). RUST_LOG, the operator's own filter, can
+/// still show them (`RUST_LOG=info,sled=debug`).
+fn with_sled_quiet(level: &str) -> String {
+    format!("{level},sled=off")
+}
+
 /// Plain lines (no timestamps under journald, which adds its own), or JSON. RUST_LOG wins over
 /// the config's level. Returns what changes the level on reload.
 fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLevel {
@@ -97,7 +105,7 @@ fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLeve
     use tracing_subscriber::{EnvFilter, fmt, reload};
     let from_env = EnvFilter::try_from_default_env().ok();
     let pinned = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(with_sled_quiet(level)));
     let (filter, handle) = reload::Layer::new(filter);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let lines = fmt::layer().with_writer(std::io::stderr);
@@ -121,7 +129,7 @@ fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLeve
         if pinned {
             return Err("RUST_LOG is set and wins over log.level".to_string());
         }
-        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let f = EnvFilter::try_new(with_sled_quiet(level)).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
     })
 }
