@@ -116,6 +116,11 @@ pub fn router(state: HttpState, exposure: Exposure) -> Router {
     }
 }
 
+/// Longest `Authorization` header compared with the token, bytes. Far above any sane token
+/// (`Bearer ` and a few hundred characters) and far below hyper's header limit: a longer one
+/// is refused before any comparison.
+pub const MAX_AUTH_HEADER: usize = 4096;
+
 async fn require_token(
     State(token): State<Arc<Secret<String>>>,
     req: Request,
@@ -124,10 +129,10 @@ async fn require_token(
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
+        .filter(|v| v.len() <= MAX_AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| token_matches(g.as_bytes(), token.expose().as_bytes())) {
         next.run(req).await
     } else {
         ApiError::new(
@@ -138,13 +143,11 @@ async fn require_token(
     }
 }
 
-/// Compares without an early exit, so the time taken says nothing about the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for (i, y) in b.iter().enumerate() {
-        diff |= a.get(i).copied().unwrap_or(0) ^ y;
-    }
-    diff == 0
+/// Compares in time that depends only on the lengths (`subtle`): a different length is a
+/// mismatch, whatever the difference; equal lengths are compared without an early exit.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(token).into()
 }
 
 async fn healthz() -> &'static str {
@@ -510,10 +513,23 @@ mod tests {
 
     #[test]
     fn token_compare() {
-        assert!(constant_time_eq(b"abcdef", b"abcdef"));
-        assert!(!constant_time_eq(b"abcdeg", b"abcdef"));
-        assert!(!constant_time_eq(b"abc", b"abcdef"));
-        assert!(!constant_time_eq(b"", b"abcdef"));
+        assert!(token_matches(b"abcdef", b"abcdef"));
+        assert!(!token_matches(b"abcdeg", b"abcdef"));
+        assert!(!token_matches(b"abc", b"abcdef"));
+        assert!(!token_matches(b"", b"abcdef"));
+    }
+
+    #[test]
+    fn a_token_followed_by_a_multiple_of_65536_bytes_does_not_match() {
+        let token = b"s3cret-token";
+        for extra in [65_536usize, 131_072, 256, 1 << 24] {
+            let mut given = token.to_vec();
+            given.resize(token.len() + extra, 0);
+            assert!(!token_matches(&given, token), "{extra} extra NUL bytes");
+            given.truncate(token.len());
+            given.extend(std::iter::repeat_n(b'x', extra));
+            assert!(!token_matches(&given, token), "{extra} extra bytes");
+        }
     }
 
     proptest! {
