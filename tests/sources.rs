@@ -982,3 +982,104 @@ async fn a_reload_adds_and_changes_file_sources_live() {
     ns.sort();
     assert_exactly_once(&ns, 10);
 }
+
+/// Defect: the spool's integrations were fixed at start. One added by SIGHUP never had its
+/// folder read; one removed while its folder held files stalled the spool for every
+/// integration (the same batch was refused each second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_follows_reloads_and_an_unknown_integration_blocks_no_other() {
+    let oncall = FakeOnCall::start(&["A", "B", "C"]).await;
+    let integrations = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|n| integration(n, &oncall.url("formatted_webhook", &n.to_uppercase())))
+            .collect()
+    };
+    let spool = |dir: &Path| {
+        format!(
+            "[[source]]\ntype = \"spool\"\npath = \"{}\"\npoll_interval = \"100ms\"\n",
+            dir.join("spool").display()
+        )
+    };
+    let d = Daemon::start_with(|dir| {
+        format!(
+            "{FAST}{NO_LIMITS}{}{}",
+            integrations(&["a", "b"]),
+            spool(dir)
+        )
+    })
+    .await;
+    let root = d.dir.path().join("spool");
+    let drop_file = |integration: &str, n: i64| {
+        let dir = root.join(integration);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!(".{n}.tmp"));
+        std::fs::write(&tmp, format!("{{\"title\":\"{integration}\",\"n\":{n}}}")).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{n:03}.json"))).unwrap();
+    };
+    let by_token = |t: &str| oncall.accepted().iter().filter(|r| r.token == t).count();
+    drop_file("a", 0);
+    assert!(
+        wait_until(WAIT, || by_token("A") == 1).await,
+        "{}",
+        d.logs()
+    );
+
+    // b removed, c added.
+    d.write_config(&format!(
+        "{FAST}{NO_LIMITS}{}{}",
+        integrations(&["a", "c"]),
+        spool(d.dir.path())
+    ));
+    d.signal("HUP");
+    assert!(
+        d.wait_log("Configuration reloaded", 1, WAIT).await,
+        "{}",
+        d.logs()
+    );
+    for n in 1..=3 {
+        drop_file("b", n);
+    }
+    drop_file("a", 4);
+    drop_file("c", 5);
+    assert!(
+        wait_until(WAIT, || by_token("A") == 2 && by_token("C") == 1).await,
+        "a: {}, c: {}\n{}",
+        by_token("A"),
+        by_token("C"),
+        d.logs()
+    );
+    let warned = "integration that is not configured";
+    assert!(d.wait_log(warned, 1, WAIT).await, "{}", d.logs());
+    // The files of b stay where they are, said once however often the folder is listed.
+    drop_file("a", 6);
+    assert!(
+        wait_until(WAIT, || by_token("A") == 3).await,
+        "{}",
+        d.logs()
+    );
+    assert_eq!(d.logs().matches(warned).count(), 1, "{}", d.logs());
+    let left = std::fs::read_dir(root.join("b"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert_eq!(left, 3);
+    assert_eq!(by_token("B"), 0);
+
+    // b configured again: its files go out.
+    d.write_config(&format!(
+        "{FAST}{NO_LIMITS}{}{}",
+        integrations(&["a", "b", "c"]),
+        spool(d.dir.path())
+    ));
+    d.signal("HUP");
+    assert!(
+        wait_until(WAIT, || by_token("B") == 3).await,
+        "{}",
+        d.logs()
+    );
+    let mut ns = delivered_ns(&oncall);
+    ns.sort();
+    assert_eq!(ns, (0..=6).collect::<Vec<i64>>());
+}
