@@ -349,7 +349,8 @@ struct Sources {
 impl Sources {
     fn start(config: &Config, ingest: &Ingest, reporter: &Reporter) -> Sources {
         let (stop, stop_rx) = watch::channel(false);
-        let handles = crate::sources::start(config, ingest, &stop_rx, &reporter.sources);
+        let handles =
+            crate::sources::start(config, ingest, &stop_rx, &reporter.sources, reporter.clock);
         Sources { handles, stop }
     }
 

@@ -980,6 +980,7 @@ pub async fn run(
     max_body: usize,
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
+    clock: crate::clock::Clock,
 ) {
     let report = crate::status::source_reporter(board, "file", &src.path);
     report(&|_| {});
@@ -1072,7 +1073,7 @@ pub async fn run(
 
         // Dead letters first (durable), then the alerts with the new position.
         if !chunk.refused.is_empty() {
-            let dls = dead_letters(&store, &src.integration, &chunk.refused);
+            let dls = dead_letters(&store, &src.integration, &chunk.refused, clock.now());
             let st = store.clone();
             match tokio::task::spawn_blocking(move || st.put_dead(&dls)).await {
                 Ok(Ok(())) => {
@@ -1192,8 +1193,13 @@ async fn commit_meta(
     }
 }
 
-fn dead_letters(store: &Store, integration: &str, refused: &[Refused]) -> Vec<DeadLetter> {
-    let now = crate::clock::Clock::system().now();
+/// Dead letters for refused lines, stamped `now` (the daemon's clock, injected in tests).
+fn dead_letters(
+    store: &Store,
+    integration: &str,
+    refused: &[Refused],
+    now: crate::clock::Millis,
+) -> Vec<DeadLetter> {
     let first = store.reserve_seq(refused.len() as u64);
     refused
         .iter()
@@ -1282,7 +1288,7 @@ mod tests {
 
         /// Commits a chunk the way `run` does.
         async fn commit(&self, t: &mut Tailer, mut c: Chunk) {
-            let dls = dead_letters(&self.store, "a", &c.refused);
+            let dls = dead_letters(&self.store, "a", &c.refused, 0);
             self.store.put_dead(&dls).unwrap();
             let alerts = std::mem::take(&mut c.alerts);
             self.ingest
@@ -1404,7 +1410,7 @@ mod tests {
         append(&r.log(), "nope\n{\"n\":1}\n");
         let mut t = r.open(100).await;
         let c = t.next_chunk().unwrap().unwrap();
-        let dls = dead_letters(&r.store, "a", &c.refused);
+        let dls = dead_letters(&r.store, "a", &c.refused, 0);
         r.store.put_dead(&dls).unwrap();
         t.dead_written(&c);
         // The queue refused the commit: the chunk is read again.
@@ -1496,6 +1502,37 @@ mod tests {
             end_position(&File::open(&p).unwrap(), 10).unwrap().offset,
             0
         );
+    }
+
+    /// Also seen: the dead letters of tailed lines were stamped by the system clock, not
+    /// the daemon's injected one.
+    #[tokio::test]
+    async fn dead_letters_of_tailed_lines_take_the_injected_clock() {
+        let r = rig();
+        append(&r.log(), "not json\n{\"n\":1}\n");
+        let clock = crate::clock::Clock::starting_at(42_000);
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(run(
+            r.source(1024),
+            r.ingest.clone(),
+            1 << 20,
+            stop,
+            SourceBoard::default(),
+            clock,
+        ));
+        let end = Instant::now() + Duration::from_secs(20);
+        while r.store.dead_count() == 0 {
+            assert!(Instant::now() < end, "no dead letter");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop_tx.send(true);
+        task.await.unwrap();
+        let dead = r.store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        // The injected clock started at 42 s after the epoch; the system's reads today.
+        assert!(dead[0].failed_at < 3_600_000, "{}", dead[0].failed_at);
+        assert_eq!(dead[0].received_at, dead[0].failed_at);
     }
 
     #[test]
