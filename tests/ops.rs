@@ -775,3 +775,34 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
     let titles: BTreeSet<String> = titles(&oncall, "A").into_iter().collect();
     assert_eq!(titles.len(), sent, "every accepted alert arrives");
 }
+
+/// Defect: the token compare folded the length difference into 16 bits, so the token followed
+/// by exactly 65,536 (or 131,072) more bytes was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_followed_by_65536_extra_bytes_is_refused() {
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let a = integration("a", &oncall.url("formatted_webhook", "A"));
+    // The harness waits for an unauthenticated /healthz: the token comes with a reload. It
+    // appends to [listen], so this line sets the listener's token.
+    let d = Daemon::start(&format!("{FAST}{a}")).await;
+    d.write_config(&format!("auth_token = \"tok-0123456789abcdef\"\n{FAST}{a}"));
+    d.signal("HUP");
+    let post = |token: String| {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/integrations/a/alerts", d.base()))
+            .bearer_auth(token)
+            .body(r#"{"title":"x"}"#);
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let token = "tok-0123456789abcdef";
+    assert!(
+        wait_for(LONG, || async { post("wrong".into()).await == 401 }).await,
+        "{}",
+        d.logs()
+    );
+    for extra in [65_536, 131_072, 1, 5_000] {
+        let longer = format!("{token}{}", "A".repeat(extra));
+        assert_eq!(post(longer).await, 401, "{extra} extra bytes");
+    }
+    assert_eq!(post(token.to_string()).await, 202);
+}
