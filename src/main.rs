@@ -55,7 +55,15 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, CliError> {
         })
 }
 
+/// How long the runtime gives its blocking tasks once the daemon returned: the daemon has
+/// already stopped in order within `shutdown_timeout`; what is left (a wait on a writer that
+/// did not finish in time) must not hold the exit.
+const RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
+    // SAFETY: nothing has started a thread yet: the runtime, the queue writer and sled all
+    // start below, and parsing the command line, the config and setting up logging start none.
+    let listen_fds = unsafe { oncall_agent::app::take_listen_fds() };
     let config = Config::load(path).map_err(|e| CliError {
         code: exit::CONFIG,
         message: e.to_string(),
@@ -74,13 +82,16 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
         })?;
     let hooks = oncall_agent::app::Hooks {
         set_log_level: Some(set_log_level),
+        listen_fds,
     };
-    rt.block_on(oncall_agent::app::run_with(
+    let result = rt.block_on(oncall_agent::app::run_with(
         config,
         std::future::pending(),
         hooks,
-    ))
-    .map_err(|e| {
+    ));
+    // Dropping the runtime would wait for every blocking task without end.
+    rt.shutdown_timeout(RUNTIME_GRACE);
+    result.map_err(|e| {
         tracing::error!("{e}");
         CliError {
             code: exit::SOFTWARE,
