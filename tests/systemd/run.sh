@@ -23,9 +23,13 @@ deb1=$(realpath "$1") deb2=$(realpath "$2") fake=$(realpath "$3")
 work="${CARGO_TARGET_DIR:-$repo/target}/systemd-box"
 suite=bookworm
 packages=systemd,dbus,curl,adduser,procps,sudo,ca-certificates
-mirror=$(sed -n 's/^URIs: *//p; s/^deb \(http[^ ]*\) .*/\1/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    grep -m1 -v -e security -e nodesource -e google || true)
-mirror=${mirror:-http://deb.debian.org/debian}
+# This machine's Debian mirror: the first apt source that serves "$suite" itself (deb822 or
+# one-line format).
+mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null | awk -v suite="$suite" '
+    /^deb / && $3 == suite { print $2; exit }
+    /^URIs:/ { uri = $2 }
+    /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite && uri != "") { print uri; exit } }
+    /^$/ { uri = "" }' || true)
 key=$(echo "$suite $packages" | sha256sum | cut -c1-12)
 tarball="$work/rootfs-$suite-$key.tar"
 box="$work/box"
@@ -103,6 +107,7 @@ ok
 
 step "root file system ($suite, minbase + $packages)"
 if [ ! -s "$tarball" ]; then
+    [ -n "$mirror" ] || fail "no apt source for $suite in /etc/apt/sources.list*"
     rm -rf "$work/rootfs.new" "$tarball.new"
     debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs.new" "$mirror" \
         >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; fail "debootstrap failed (log: $work/debootstrap.log)"; }
