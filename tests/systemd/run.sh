@@ -48,7 +48,7 @@ fail() {
         log "--- journal of oncall-agent in the box (last 40 lines):"
         box_sh 'journalctl --no-pager -n 40 -u oncall-agent.service -u oncall-agent.socket' || true
     fi
-    log "systemd box: $passed passed, 1 failed"
+    log "systemd-box: $passed passed, 1 failed"
     exit 1
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -431,5 +431,5 @@ box systemctl restart oncall-agent.service || fail "restart with the README's JS
 wait_for 10 "a JSON log line in the journal" box_sh 'journalctl -b -u oncall-agent.service -n 5 -o cat | grep -q "^{"'
 ok
 
-log "systemd box: whole run $((SECONDS - t0)) s"
-log "systemd box: $passed passed, 0 failed"
+log "systemd-box: whole run $((SECONDS - t0)) s"
+log "systemd-box: $passed passed, 0 failed"
