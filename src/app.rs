@@ -699,6 +699,12 @@ fn start_listeners(
         }
         let (tx, apps) = watch::channel(Servers::router(&state, config, false));
         routers.push((false, tx));
+        // No Nagle delay on answers (the socket unit cannot ask for it: its NoDelay= would
+        // apply to the Unix socket too). A socket that refuses keeps working, only slower.
+        use axum::serve::ListenerExt;
+        let l = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         handles.push(tokio::spawn(http::serve_reloadable(l, apps, limits, stop)));
     }
     Ok(Servers {

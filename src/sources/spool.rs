@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +51,11 @@ const MAX_STUCK: usize = 10_000;
 /// Creates `dir` (and its missing parents) readable and writable by its group whatever the
 /// umask: the agent and the users of `send` share the spool through the group. A setgid bit
 /// inherited from the parent stays, so the group passes on.
+///
+/// The folder is made with its final mode by [`mkdir_group_shared`], so the agent never needs
+/// a chmod: under its unit, `RestrictSUIDSGID=yes` refuses any chmod that carries the setgid
+/// bit, and a chmod without it would clear the bit the folder inherited. The chmod below is
+/// only for when that could not be done (it is what a `send` run by a user does otherwise).
 fn make_shared_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -60,17 +65,41 @@ fn make_shared_dir(dir: &Path) -> std::io::Result<()> {
     {
         make_shared_dir(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match mkdir_group_shared(dir) {
         Ok(()) => {}
         // Made by someone else meanwhile (a `send`, the agent): theirs to set up.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     }
     let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o770 == 0o770 {
+        return Ok(());
+    }
     std::fs::set_permissions(
         dir,
         std::fs::Permissions::from_mode((mode & 0o7000) | 0o770),
     )
+}
+
+/// `mkdir(dir, 0770)` with a umask of 007, so the folder gets its group's access (and the
+/// parent's setgid bit, from the kernel) without a chmod. The umask is process-wide and other
+/// threads create files meanwhile (the queue), so this is done on a thread of its own that
+/// first stops sharing its umask with the process (`unshare(CLONE_FS)`, which needs no
+/// privilege and is no namespace); the thread, and its umask, end with the call. If unshare
+/// is refused, the process umask applies and the caller's chmod makes up for it.
+fn mkdir_group_shared(dir: &Path) -> std::io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the umask, the
+            // current and the root folder; umask touches nothing but that copy.
+            if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
+                unsafe { libc::umask(0o007) };
+            }
+            std::fs::DirBuilder::new().mode(0o770).create(dir)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the mkdir thread panicked")))
+    })
 }
 
 /// Writes one alert into the spool folder the way a dropped file must be: a hidden temporary
@@ -534,4 +563,37 @@ pub async fn run(
         }
     }
     tracing::debug!(path = %src.path.display(), "The spool source stopped.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under the unit (UMask=0077, RestrictSUIDSGID=yes) the agent's chmod to 02770 was refused
+    /// and the integration folders were left drwx--S---, closed to the group for good. The
+    /// folders must come out 02770 with no chmod at all, whatever the process umask.
+    #[test]
+    fn spool_folders_are_group_shared_under_a_strict_umask_without_chmod() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let made = spool.join("db-prod").join("failed");
+        std::thread::spawn({
+            let made = made.clone();
+            move || {
+                // The unit's umask, on this test's thread only (see mkdir_group_shared).
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_FS) }, 0);
+                unsafe { libc::umask(0o077) };
+                mkdir_group_shared(made.parent().unwrap()).unwrap();
+                mkdir_group_shared(&made).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        for d in [spool.join("db-prod"), made] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o2770, "{} is {mode:o}", d.display());
+        }
+    }
 }
