@@ -125,6 +125,7 @@ async fn tail(lines: usize) {
         1 << 20,
         stop_rx,
         Arc::default(),
+        oncall_agent::clock::Clock::system(),
     ));
     while store.depth("a").alerts < lines as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;

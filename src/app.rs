@@ -3,8 +3,12 @@
 //!
 //! Shutdown order matters for "nothing accepted is lost": listeners stop accepting and finish
 //! the requests they have (each waits for its alert to be durable), then the writer drains
-//! its channel and stops, then the dispatcher lets in-flight deliveries finish (bounded by
-//! `shutdown_timeout`) and the queue is flushed.
+//! its channel and stops, then the dispatcher lets in-flight deliveries finish and the queue
+//! is flushed. All of it shares one deadline, `shutdown_timeout` from the stop signal, so the
+//! whole stop fits in the unit's `TimeoutStopSec` (see `config::MAX_SHUTDOWN_TIMEOUT`).
+//!
+//! A stop signal wins over anything the main loop awaits, the OnCall API included: resolving
+//! `id`/`api_name` integrations at start or on reload is abandoned when SIGTERM comes.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -52,6 +56,44 @@ pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct Hooks {
     /// Applies `log.level` on reload; `None` when logging was set up elsewhere (tests).
     pub set_log_level: Option<SetLogLevel>,
+    /// Sockets passed by systemd, taken from the environment before any thread started
+    /// ([`take_listen_fds`]).
+    pub listen_fds: ListenFds,
+}
+
+/// The descriptors systemd passed for socket activation (`LISTEN_FDS`, from fd 3 on).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListenFds(pub Vec<RawFd>);
+
+/// Reads the socket-activation variables and removes `LISTEN_FDS`, `LISTEN_PID` and
+/// `LISTEN_FDNAMES` from the environment, so that a child (a `send` run by a hook, say) never
+/// takes the sockets for its own. Descriptors passed to another process (`LISTEN_PID` not
+/// ours) are not taken, and the variables are left alone then.
+///
+/// # Safety
+///
+/// Changes the environment: no other thread may exist yet (call it first in `main`, before
+/// any runtime or thread starts), since another thread reading the environment meanwhile is
+/// undefined behaviour.
+pub unsafe fn take_listen_fds() -> ListenFds {
+    let mine = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    if !mine {
+        return ListenFds::default();
+    }
+    let n: RawFd = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: the caller guarantees no other thread exists (see above).
+    unsafe {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    ListenFds((3..3 + n.max(0)).collect())
 }
 
 /// How often STATUS= goes to systemd when no watchdog asks for more often.
@@ -66,7 +108,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()> + Send) -> Resul
 pub async fn run_with(
     config: Config,
     stop: impl Future<Output = ()> + Send,
-    hooks: Hooks,
+    mut hooks: Hooks,
 ) -> Result<(), AppError> {
     // First of all: SIGHUP's default action ends the process, and a reload may come as soon
     // as the listeners answer (systemd's ExecReload, a script right after start). A signal
@@ -75,6 +117,7 @@ pub async fn run_with(
         .map_err(|e| AppError::Start(format!("SIGHUP handler: {e}")))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AppError::Start(format!("SIGTERM handler: {e}")))?;
+    let mut stop = std::pin::pin!(stop);
     let db_path = config.db_path();
     let (store, quarantined) =
         Store::open(&db_path, config.queue.cache_capacity).map_err(|source| AppError::Store {
@@ -94,7 +137,13 @@ pub async fn run_with(
     tracing::info!(path = %db_path.display(), queued = depth, "The queue is open.");
     // Integrations given by id/api_name get their inbound URLs before anything sends.
     let mut resolver = crate::api::Resolver::new(&config, store.clone(), clock);
-    let config = resolver.resolve(config).await;
+    let config = tokio::select! {
+        c = resolver.resolve(config) => c,
+        _ = stop_requested(&mut term, &mut stop) => {
+            tracing::info!("Stopped while resolving integrations through the OnCall API, before anything was accepted.");
+            return Ok(());
+        }
+    };
 
     let (ingest, writer) = Ingest::start(
         store.clone(),
@@ -147,7 +196,12 @@ pub async fn run_with(
         body_timeout: config.listen.body_timeout,
         sender: control_tx.clone(),
     };
-    let servers = start_listeners(&config, state, stop_rx.clone())?;
+    let servers = start_listeners(
+        &config,
+        state,
+        stop_rx.clone(),
+        std::mem::take(&mut hooks.listen_fds),
+    )?;
     let supervisor = tokio::spawn(supervise(
         ingest.clone(),
         control_tx.clone(),
@@ -170,7 +224,6 @@ pub async fn run_with(
     );
 
     let mut config = config;
-    let mut stop = std::pin::pin!(stop);
     let mut failure = None;
     loop {
         tokio::select! {
@@ -179,7 +232,14 @@ pub async fn run_with(
                 match Config::load(&config.path) {
                     Ok(new) => {
                         resolver.reconfigure(&new);
-                        let new = resolver.resolve(new).await;
+                        let resolved = tokio::select! {
+                            n = resolver.resolve(new) => Some(n),
+                            _ = stop_requested(&mut term, &mut stop) => None,
+                        };
+                        let Some(new) = resolved else {
+                            tracing::info!("Stopping: the reload was abandoned while the OnCall API was being asked; the old configuration stayed in force.");
+                            break;
+                        };
                         apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
                         servers.reload(&new);
                         if config.sources != new.sources {
@@ -193,21 +253,32 @@ pub async fn run_with(
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
             _ = resolver.due() => {
-                let new = resolver.resolve(config.clone()).await;
+                let resolved = tokio::select! {
+                    n = resolver.resolve(config.clone()) => Some(n),
+                    _ = stop_requested(&mut term, &mut stop) => None,
+                };
+                let Some(new) = resolved else { break };
                 if new.unresolved.len() < config.unresolved.len() {
                     apply_reload(&config, &new, &servers.ingest, &control_tx, &reporter).await;
                     config = new;
                 }
             }
-            _ = term.recv() => break,
-            r = tokio::signal::ctrl_c() => { let _ = r; break }
-            _ = &mut stop => break,
+            _ = stop_requested(&mut term, &mut stop) => break,
             _ = store.fatal_notify.notified() => {
-                tracing::error!("Stopping so that the supervisor restarts the agent: {}. Every alert answered 202 is on disk.", store.fatal().unwrap_or_default());
-                failure = Some(AppError::Fatal(store.fatal().unwrap_or_default()));
+                failure = Some(disk_failure(&store));
                 break;
             }
             r = &mut sender => {
+                // The dispatcher may meet a failed disk first (an ack, a limiter write): the
+                // same failure, reported and handled once, as the disk's.
+                if let Ok(Err(crate::sender::dispatcher::DispatchError::Limiter(e))) = &r {
+                    store.check_sled_error(e);
+                }
+                if store.fatal().is_some() {
+                    failure = Some(disk_failure(&store));
+                    sender_done = Some(());
+                    break;
+                }
                 let why = match r {
                     Ok(Ok(())) => "it ended".to_string(),
                     Ok(Err(e)) => e.to_string(),
@@ -221,10 +292,20 @@ pub async fn run_with(
         }
     }
 
+    if let Some(f @ AppError::Fatal(_)) = failure {
+        // Nothing is left to save: every alert answered 202 is on disk, and the database
+        // takes no more writes. Exit at once; the binary logs the one ERROR and the
+        // supervisor restarts the agent on a freshly opened database.
+        let _ = stop_tx.send(true);
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        return Err(f);
+    }
     tracing::info!("Stopping: no new alerts are accepted; in-flight work finishes.");
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    let deadline = config.shutdown_timeout;
+    // One deadline for the whole stop: every stage below waits at most until then, so the
+    // stop takes shutdown_timeout plus the final sync, whatever stage is slow.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     let Servers {
         handles,
         ingest,
@@ -234,8 +315,8 @@ pub async fn run_with(
     // The routers hold Ingest handles too.
     drop((ingest, state, routers));
     // It holds an Ingest handle too; the writer ends only once every handle is gone.
-    let _ = supervisor.await;
-    let _ = tokio::time::timeout(deadline, async {
+    let _ = tokio::time::timeout_at(deadline, supervisor).await;
+    let _ = tokio::time::timeout_at(deadline, async {
         for h in handles.into_iter().chain(sources.stop()) {
             let _ = h.await;
         }
@@ -244,7 +325,7 @@ pub async fn run_with(
     // Every Ingest handle is gone once the servers are: the writer commits what it holds.
     // Bounded: a source or connection still holding a handle must not hang the stop. Every
     // alert already answered is on disk, whatever the writer still holds is unanswered.
-    if tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || writer.join()))
+    if tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || writer.join()))
         .await
         .is_err()
     {
@@ -253,7 +334,7 @@ pub async fn run_with(
         );
     }
     if sender_done.is_none() {
-        match tokio::time::timeout(deadline, sender).await {
+        match tokio::time::timeout_at(deadline, sender).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => return Err(AppError::Sender(e.to_string())),
             Ok(Err(e)) => return Err(AppError::Sender(e.to_string())),
@@ -270,6 +351,27 @@ pub async fn run_with(
     }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The daemon's exit after the queue database failed (see `Store::set_fatal`).
+fn disk_failure(store: &Store) -> AppError {
+    AppError::Fatal(format!(
+        "The queue database can no longer be written ({}); the agent stops so that its supervisor restarts it. Every alert answered 202 is on disk.",
+        store.fatal().unwrap_or_default()
+    ))
+}
+
+/// Completes when the daemon is asked to stop: SIGTERM, SIGINT, or the embedder's `stop`
+/// (which must not be polled again once it completed: the caller stops then).
+async fn stop_requested<S: Future<Output = ()>>(
+    term: &mut tokio::signal::unix::Signal,
+    stop: &mut std::pin::Pin<&mut S>,
+) {
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => { let _ = r; }
+        _ = stop.as_mut() => {}
+    }
 }
 
 fn rates_of(c: &Config) -> BTreeMap<String, crate::config::Rate> {
@@ -357,7 +459,8 @@ struct Sources {
 impl Sources {
     fn start(config: &Config, ingest: &Ingest, reporter: &Reporter) -> Sources {
         let (stop, stop_rx) = watch::channel(false);
-        let handles = crate::sources::start(config, ingest, &stop_rx, &reporter.sources);
+        let handles =
+            crate::sources::start(config, ingest, &stop_rx, &reporter.sources, reporter.clock);
         Sources { handles, stop }
     }
 
@@ -471,7 +574,8 @@ async fn supervise(
                 ]);
             }
             (w, d) => {
-                if *stop.borrow() {
+                // A failed disk stops the daemon, which says so itself.
+                if *stop.borrow() || reporter.store.fatal().is_some() {
                     return;
                 }
                 if !failing {
@@ -534,12 +638,13 @@ fn start_listeners(
     config: &Config,
     state: HttpState,
     stop: watch::Receiver<bool>,
+    listen_fds: ListenFds,
 ) -> Result<Servers, AppError> {
     let limits = ConnLimits {
         max_connections: config.listen.max_connections,
         header_timeout: config.listen.header_timeout,
     };
-    let (inherited_unix, inherited_tcp) = inherited_listeners();
+    let (inherited_unix, inherited_tcp) = inherited_listeners(listen_fds);
     let mut handles = Vec::new();
     let mut routers = Vec::new();
     let unix = match (inherited_unix, &config.listen.unix) {
@@ -594,6 +699,12 @@ fn start_listeners(
         }
         let (tx, apps) = watch::channel(Servers::router(&state, config, false));
         routers.push((false, tx));
+        // No Nagle delay on answers (the socket unit cannot ask for it: its NoDelay= would
+        // apply to the Unix socket too). A socket that refuses keeps working, only slower.
+        use axum::serve::ListenerExt;
+        let l = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         handles.push(tokio::spawn(http::serve_reloadable(l, apps, limits, stop)));
     }
     Ok(Servers {
@@ -604,24 +715,15 @@ fn start_listeners(
     })
 }
 
-/// Sockets passed by systemd socket activation (LISTEN_FDS), at most one of each kind.
-fn inherited_listeners() -> (
+/// The sockets systemd passed ([`take_listen_fds`]) as listeners, at most one of each kind.
+fn inherited_listeners(
+    fds: ListenFds,
+) -> (
     Option<tokio::net::UnixListener>,
     Option<tokio::net::TcpListener>,
 ) {
-    let mine = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let n: RawFd = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
     let (mut unix, mut tcp) = (None, None);
-    if !mine || n <= 0 {
-        return (None, None);
-    }
-    for fd in 3..3 + n {
+    for fd in fds.0 {
         let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // getsockname only tells the family of a descriptor systemd handed us.
@@ -652,12 +754,6 @@ fn inherited_listeners() -> (
             }
             _ => tracing::warn!(fd, "An inherited socket of an unexpected kind is ignored."),
         }
-    }
-    // SAFETY: single-threaded use at start-up; children must not think these are theirs.
-    unsafe {
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDNAMES");
     }
     if unix.is_some() || tcp.is_some() {
         tracing::info!(

@@ -23,6 +23,11 @@ pub const DEFAULT_PATH: &str = "/etc/oncall-agent/oncall-agent.toml";
 /// moves values above segment_size/4 into blob files, which it never fsyncs.
 pub const MAX_BODY_LIMIT: usize = 2 * 1024 * 1024 - 64 * 1024;
 
+/// The longest `shutdown_timeout`: the systemd unit's `TimeoutStopSec=45s`
+/// (systemd/oncall-agent.service) less 15 s for what follows the deadline (the final sync of
+/// the queue, the exit). A stop that outlasts `TimeoutStopSec` is ended by SIGKILL.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A config that cannot be used, with the file, the field and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -285,7 +290,9 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Log filter (tracing `EnvFilter` syntax); RUST_LOG wins when set. Default "info".
     pub log_level: String,
-    /// How long SIGTERM waits for in-flight deliveries. Default 10 s.
+    /// How long the whole stop after SIGTERM may take (listeners finishing their requests,
+    /// the writer, deliveries in flight), one deadline for all of it. Default 10 s, at most
+    /// [`MAX_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
     /// Where the agent reports its own trouble (a quarantined database). Default: the first
     /// integration.
@@ -866,6 +873,20 @@ impl Validator<'_> {
                 format!("{log_level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
             ));
         }
+        let shutdown_timeout = raw
+            .shutdown_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10));
+        if shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
+            return Err(self.err(
+                "shutdown_timeout",
+                format!(
+                    "{} is longer than the systemd unit can wait: its TimeoutStopSec=45s must also hold the final sync and exit, so at most {}",
+                    humantime::format_duration(shutdown_timeout),
+                    humantime::format_duration(MAX_SHUTDOWN_TIMEOUT)
+                ),
+            ));
+        }
         Ok(Config {
             path: self.path.to_owned(),
             state_dir,
@@ -874,10 +895,7 @@ impl Validator<'_> {
             delivery,
             queue,
             log_level,
-            shutdown_timeout: raw
-                .shutdown_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(10)),
+            shutdown_timeout,
             self_alert_integration: raw.self_alert_integration,
             integrations,
             api,

@@ -55,7 +55,15 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, CliError> {
         })
 }
 
+/// How long the runtime gives its blocking tasks once the daemon returned: the daemon has
+/// already stopped in order within `shutdown_timeout`; what is left (a wait on a writer that
+/// did not finish in time) must not hold the exit.
+const RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
+    // SAFETY: nothing has started a thread yet: the runtime, the queue writer and sled all
+    // start below, and parsing the command line, the config and setting up logging start none.
+    let listen_fds = unsafe { oncall_agent::app::take_listen_fds() };
     let config = Config::load(path).map_err(|e| CliError {
         code: exit::CONFIG,
         message: e.to_string(),
@@ -74,19 +82,30 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
         })?;
     let hooks = oncall_agent::app::Hooks {
         set_log_level: Some(set_log_level),
+        listen_fds,
     };
-    rt.block_on(oncall_agent::app::run_with(
+    let result = rt.block_on(oncall_agent::app::run_with(
         config,
         std::future::pending(),
         hooks,
-    ))
-    .map_err(|e| {
+    ));
+    // Dropping the runtime would wait for every blocking task without end.
+    rt.shutdown_timeout(RUNTIME_GRACE);
+    result.map_err(|e| {
         tracing::error!("{e}");
         CliError {
             code: exit::SOFTWARE,
             message: e.to_string(),
         }
     })
+}
+
+/// `log.level` with sled's own log lines turned off: sled returns every error it meets to the
+/// agent, which reports it once, in words (a failed disk is one ERROR, not a dozen lines of
+/// sled's Debug output from its flusher thread). RUST_LOG, the operator's own filter, can
+/// still show them (`RUST_LOG=info,sled=debug`).
+fn with_sled_quiet(level: &str) -> String {
+    format!("{level},sled=off")
 }
 
 /// Plain lines (no timestamps under journald, which adds its own), or JSON. RUST_LOG wins over
@@ -97,7 +116,7 @@ fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLeve
     use tracing_subscriber::{EnvFilter, fmt, reload};
     let from_env = EnvFilter::try_from_default_env().ok();
     let pinned = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(with_sled_quiet(level)));
     let (filter, handle) = reload::Layer::new(filter);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let lines = fmt::layer().with_writer(std::io::stderr);
@@ -121,7 +140,7 @@ fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLeve
         if pinned {
             return Err("RUST_LOG is set and wins over log.level".to_string());
         }
-        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let f = EnvFilter::try_new(with_sled_quiet(level)).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
     })
 }

@@ -313,6 +313,27 @@ impl Collector for ReportCollector {
             MetricType::Gauge,
             gauge(&|i| i64::from(i.sender.configured)),
         )?;
+        if let Some(free) = r.disk.free_bytes {
+            family(
+                &mut enc,
+                "disk_free",
+                "Space free for the agent on the disk holding the queue",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+                vec![(Vec::new(), ConstGauge::new(free as i64))],
+            )?;
+        }
+        family(
+            &mut enc,
+            "disk_refusing_alerts",
+            "1 while alerts are refused because the disk holding the queue has less than queue.min_free_space free",
+            None,
+            MetricType::Gauge,
+            vec![(
+                Vec::new(),
+                ConstGauge::new(i64::from(r.disk.refusing_alerts)),
+            )],
+        )?;
         family(
             &mut enc,
             "uptime",

@@ -128,6 +128,21 @@ pub fn source_reporter(
     }
 }
 
+/// The disk holding the queue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DiskStatus {
+    /// Bytes free for the agent on the file system holding the queue (`None` when it cannot
+    /// be asked).
+    pub free_bytes: Option<u64>,
+    /// `queue.min_free_space`, bytes: below it alerts are refused with 503.
+    pub min_free_bytes: u64,
+    /// True while alerts are refused for lack of space. A healthy state: queued alerts still
+    /// go out, and alerts are taken again as soon as there is room.
+    pub refusing_alerts: bool,
+    /// Why the queue database can no longer be written (the agent is exiting to be restarted).
+    pub failed: Option<String>,
+}
+
 /// The whole `/v1/status` answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -140,6 +155,8 @@ pub struct StatusReport {
     pub integrations: Vec<IntegrationReport>,
     #[serde(default)]
     pub sources: Vec<SourceStatus>,
+    #[serde(default)]
+    pub disk: DiskStatus,
 }
 
 /// Builds [`StatusReport`]s from the queue's counters and the sender's board.
@@ -225,6 +242,15 @@ impl Reporter {
                 .values()
                 .cloned()
                 .collect(),
+            disk: {
+                let space = self.store.space();
+                DiskStatus {
+                    free_bytes: space.free,
+                    min_free_bytes: space.min_free,
+                    refusing_alerts: space.low(),
+                    failed: self.store.fatal(),
+                }
+            },
         }
     }
 }
@@ -270,6 +296,11 @@ impl StatusReport {
         if failing > 0 {
             s.push_str(&format!("; {failing} integrations failing"));
         }
+        if self.disk.failed.is_some() {
+            s.push_str("; DISK FAILED: restarting");
+        } else if self.disk.refusing_alerts {
+            s.push_str("; disk nearly full: refusing alerts");
+        }
         s
     }
 
@@ -293,6 +324,20 @@ impl StatusReport {
                 s,
                 "{} alerts were refused by OnCall and wait as dead letters: oncall-agent dead list",
                 self.dead_letters
+            );
+        }
+        let mib = |b: u64| b / (1024 * 1024);
+        if let Some(why) = &self.disk.failed {
+            let _ = writeln!(
+                s,
+                "DISK FAILED: the queue database can no longer be written ({why}); the agent is restarting"
+            );
+        } else if self.disk.refusing_alerts {
+            let _ = writeln!(
+                s,
+                "disk nearly full: refusing alerts ({} MiB free, queue.min_free_space is {} MiB); queued alerts still go out",
+                mib(self.disk.free_bytes.unwrap_or(0)),
+                mib(self.disk.min_free_bytes)
             );
         }
         let _ = writeln!(

@@ -775,3 +775,211 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
     let titles: BTreeSet<String> = titles(&oncall, "A").into_iter().collect();
     assert_eq!(titles.len(), sent, "every accepted alert arrives");
 }
+
+/// Defect: the token compare folded the length difference into 16 bits, so the token followed
+/// by exactly 65,536 (or 131,072) more bytes was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_followed_by_65536_extra_bytes_is_refused() {
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let a = integration("a", &oncall.url("formatted_webhook", "A"));
+    // The harness waits for an unauthenticated /healthz: the token comes with a reload. It
+    // appends to [listen], so this line sets the listener's token.
+    let d = Daemon::start(&format!("{FAST}{a}")).await;
+    d.write_config(&format!("auth_token = \"tok-0123456789abcdef\"\n{FAST}{a}"));
+    d.signal("HUP");
+    let post = |token: String| {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/integrations/a/alerts", d.base()))
+            .bearer_auth(token)
+            .body(r#"{"title":"x"}"#);
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let token = "tok-0123456789abcdef";
+    assert!(
+        wait_for(LONG, || async { post("wrong".into()).await == 401 }).await,
+        "{}",
+        d.logs()
+    );
+    for extra in [65_536, 131_072, 1, 5_000] {
+        let longer = format!("{token}{}", "A".repeat(extra));
+        assert_eq!(post(longer).await, 401, "{extra} extra bytes");
+    }
+    assert_eq!(post(token.to_string()).await, 202);
+}
+
+/// A config of its own (the harness's puts extra lines inside [listen]): `top` goes before
+/// [listen], `rest` after.
+fn own_config(d: &Daemon, top: &str, rest: &str) {
+    let text = format!(
+        "state_dir = \"{}\"\n{top}\n[listen]\nunix = \"{}\"\ntcp = \"{}\"\n{rest}\n",
+        d.state_dir().display(),
+        d.socket.display(),
+        d.tcp
+    );
+    std::fs::write(&d.config_path, text).unwrap();
+}
+
+/// Defect: a `shutdown_timeout` longer than the unit's TimeoutStopSec can hold was accepted,
+/// so systemd could SIGKILL the agent in the middle of its stop.
+#[test]
+fn check_config_refuses_a_shutdown_timeout_the_unit_cannot_hold() {
+    // The bound leaves the unit room for the final sync and exit.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/oncall-agent.service"
+    ))
+    .unwrap();
+    let stop_sec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("the unit sets TimeoutStopSec");
+    let stop_sec = humantime::parse_duration(stop_sec.trim()).unwrap();
+    let max = oncall_agent::config::MAX_SHUTDOWN_TIMEOUT;
+    assert!(
+        max + Duration::from_secs(10) <= stop_sec,
+        "{max:?} vs {stop_sec:?}"
+    );
+
+    let d = Daemon::prepare(|_| String::new());
+    let a = integration("a", &dead_end_url());
+    own_config(&d, "shutdown_timeout = \"40s\"", &a);
+    let (code, _, err) = run_cli(&d, &["check-config"]);
+    assert_eq!(code, 78, "{err}");
+    let want = format!("{}: shutdown_timeout: ", d.config_path.display());
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains("TimeoutStopSec"), "{err}");
+    own_config(&d, "shutdown_timeout = \"30s\"", &a);
+    let (code, _, err) = run_cli(&d, &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Defect: the stop gave each of its three stages (listeners, writer, deliveries) the whole
+/// `shutdown_timeout`, so it could take three times as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_stop_takes_one_shutdown_timeout_not_one_per_stage() {
+    use std::io::Write;
+    let oncall = FakeOnCall::start(&["A"]).await;
+    // A delivery stays in flight: OnCall answers after a minute.
+    oncall.set_default(Reply {
+        delay: Duration::from_secs(60),
+        ..Reply::ok()
+    });
+    let a = integration("a", &oncall.url("formatted_webhook", "A"));
+    let mut d = Daemon::prepare(|_| String::new());
+    own_config(
+        &d,
+        "shutdown_timeout = \"3s\"",
+        &format!("body_timeout = \"60s\"\n[delivery]\ntimeout = \"50s\"\n{a}"),
+    );
+    d.spawn().await;
+    assert_eq!(d.post("a", r#"{"title":"slow"}"#).await.0, 202);
+    assert!(
+        wait_until(LONG, || oncall.all().len() == 1).await,
+        "{}",
+        d.logs()
+    );
+    // A request whose body never ends: its connection, and the Ingest handle its handler
+    // holds, outlive the listeners' share of the stop (and keep the writer open).
+    let mut slow = std::net::TcpStream::connect(d.tcp).unwrap();
+    slow.write_all(
+        b"POST /v1/integrations/a/alerts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    // Connections are accepted in order: once a later one is answered, the slow one is in.
+    assert!(d.post("a", r#"{"title":"later"}"#).await.0 == 202);
+    let started = std::time::Instant::now();
+    let code = d.stop();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{}", d.logs());
+    // 3 s, plus room for a loaded machine; three stages of 3 s each would be 9 s.
+    assert!(took < Duration::from_secs(6), "{took:?}\n{}", d.logs());
+    drop(slow);
+}
+
+/// A TCP server that accepts connections and never answers (an OnCall API that hangs), and
+/// how many connections it took.
+async fn black_hole() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, n)
+}
+
+/// Waits up to 20 s for `child` to exit; its exit code and how long it took.
+fn wait_exit(child: &mut std::process::Child) -> (Option<i32>, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st.code(), started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Also seen: resolving `id`/`api_name` integrations blocked the main loop, so a SIGTERM
+/// waited for a slow OnCall API, at start and on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_wins_over_a_hanging_oncall_api_at_start_and_on_reload() {
+    let (api, hits) = black_hole().await;
+    let hits_now = || hits.load(std::sync::atomic::Ordering::SeqCst);
+    let api_section = format!("[api]\nurl = \"http://{api}\"\ntoken = \"APIKEY-0123\"\n");
+    let by_id = "[[integration]]\nname = \"db\"\nid = \"CFRPV98RPR1U8\"\n";
+    let slow = "[delivery]\ntimeout = \"30s\"\n";
+
+    // At start: the daemon asks the API before it is ready.
+    let d = Daemon::prepare(|_| String::new());
+    own_config(&d, "", &format!("{slow}{api_section}{by_id}"));
+    let log = std::fs::File::create(d.dir.path().join("start.log")).unwrap();
+    let mut child = d
+        .command()
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(d.dir.path().join("start.log")).unwrap_or_default();
+    assert!(wait_until(LONG, || hits_now() >= 1).await, "{}", logs());
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let (code, took) = wait_exit(&mut child);
+    assert_eq!(code, Some(0), "{took:?}\n{}", logs());
+    assert!(took < Duration::from_secs(5), "{took:?}\n{}", logs());
+
+    // On reload: the daemon runs, then a reload adds an integration given by id.
+    let before = hits_now();
+    let oncall = FakeOnCall::start(&["A"]).await;
+    let a = integration("a", &oncall.url("formatted_webhook", "A"));
+    let mut d = Daemon::prepare(|_| String::new());
+    own_config(&d, "", &format!("{slow}{api_section}{a}"));
+    d.spawn().await;
+    own_config(&d, "", &format!("{slow}{api_section}{a}{by_id}"));
+    d.signal("HUP");
+    assert!(
+        wait_until(LONG, || hits_now() > before).await,
+        "{}",
+        d.logs()
+    );
+    let started = std::time::Instant::now();
+    let code = d.stop();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{}", d.logs());
+    assert!(took < Duration::from_secs(5), "{took:?}\n{}", d.logs());
+}

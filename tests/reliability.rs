@@ -144,6 +144,118 @@ async fn kill_9_campaign_under_load_loses_nothing() {
     assert_order_per_key(&arrived);
 }
 
+/// Issue 10, scenarios: kill -9 while a SIGHUP reload is under way (each reload adds or
+/// removes an integration, so it does real work), with `oncall-agent send` run concurrently
+/// the whole time: each falls back to the spool folder while the daemon is down, restarting
+/// or refusing. No alert `send` reported as taken is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_reloads_with_send_falling_back_to_the_spool_loses_nothing() {
+    let kills = 10;
+    let oncall = FakeOnCall::start(&["T", "U"]).await;
+    let (url_a, url_b) = (
+        oncall.url("formatted_webhook", "T"),
+        oncall.url("formatted_webhook", "U"),
+    );
+    let extra = |dir: &std::path::Path, with_b: bool| {
+        format!(
+            "{FAST}[[source]]\ntype = \"spool\"\npath = \"{}\"\n{}{}",
+            dir.join("spool").display(),
+            integration("a", &url_a),
+            if with_b {
+                integration("b", &url_b)
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut d = Daemon::start_with(|dir| extra(dir, false)).await;
+    let accepted: Arc<Mutex<BTreeSet<(u64, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spooled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for c in 0..3u64 {
+        let (accepted, stop, config) = (accepted.clone(), stop.clone(), d.config_path.clone());
+        let spooled = spooled.clone();
+        clients.push(tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let out = std::process::Command::new(bin())
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["send", "-i", "a", "--title", &format!("c{c} n{n}")])
+                    .args(["--uid", &format!("c{c}-k{}", n % 5)])
+                    .output()
+                    .unwrap();
+                // Not taken (a config being rewritten, say): the same alert is sent again.
+                if out.status.success() {
+                    if String::from_utf8_lossy(&out.stderr).contains("was written to") {
+                        spooled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    accepted.lock().unwrap().insert((c, n));
+                    n += 1;
+                }
+            }
+        }));
+    }
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand_ms = |lo: u64, hi: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        lo + rng_state % (hi - lo)
+    };
+    for k in 0..kills {
+        d.write_config(&extra(d.dir.path(), k % 2 == 0));
+        d.signal("HUP");
+        // A random moment in or after the reload: this sleep picks the moment, it
+        // synchronises nothing.
+        tokio::time::sleep(Duration::from_millis(rand_ms(0, 150))).await;
+        d.kill9();
+        // Down for a moment: sends in this gap go to the spool.
+        tokio::time::sleep(Duration::from_millis(rand_ms(0, 100))).await;
+        d.spawn().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let arrived = || -> BTreeSet<(u64, u64)> {
+        oncall
+            .accepted()
+            .iter()
+            .filter_map(|r| {
+                let t = r.body["title"].as_str()?;
+                let (c, n) = t.split_once(' ')?;
+                Some((
+                    c.strip_prefix('c')?.parse().ok()?,
+                    n.strip_prefix('n')?.parse().ok()?,
+                ))
+            })
+            .collect()
+    };
+    let all_in = wait_until(Duration::from_secs(60), || accepted.is_subset(&arrived())).await;
+    let got = arrived();
+    let lost: Vec<_> = accepted.difference(&got).collect();
+    let spooled = spooled.load(Ordering::Relaxed);
+    println!(
+        "kill -9 during reloads, send with spool fallback: kills={kills} accepted={} of which spooled={spooled} delivered_unique={} lost={}",
+        accepted.len(),
+        got.len(),
+        lost.len()
+    );
+    assert!(all_in && lost.is_empty(), "lost {lost:?}\n{}", d.logs());
+    assert!(
+        accepted.len() > kills * 3,
+        "too little load to prove anything"
+    );
+    assert!(
+        spooled > 0,
+        "no send fell back to the spool: nothing proved about it"
+    );
+}
+
 /// A TCP proxy in front of the fake OnCall that can fail in every way a network does.
 #[derive(Clone)]
 struct Chaos {

@@ -3,8 +3,9 @@
 //! Trees:
 //! - `queue`: `<integration>\0<seq: u64 BE>` -> [`Envelope`]. One tree for every integration,
 //!   so one `apply_batch` is atomic across integrations and can also carry a file source's
-//!   offset (keys starting with [`META_PREFIX`], which no integration name can). Sequence
-//!   numbers are global and increase, so each integration's range is its FIFO.
+//!   offset (keys starting with [`META_PREFIX`], which no integration name can), and the key
+//!   the writer rewrites for the watchdog ([`Store::probe`]). Sequence numbers are global and
+//!   increase, so each integration's range is its FIFO.
 //! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused.
 //! - `limiter`: `<scope>\0<slot BE>` -> two u64 (sent, counted-until), see `sender::limiter`.
 //! - `api_limiter`: the same for the OnCall API's budget (its own tree, because a limiter set
@@ -16,6 +17,11 @@
 //! cache nor the file's metadata, and it never syncs the blob files where it puts values above
 //! segment_size/4. [`Store::sync`] adds an `fsync` of the db file, of new blob files and of the
 //! blob folder. The segment is sized so that the largest accepted body never becomes a blob.
+//!
+//! Failure: after an I/O error sled refuses every later write until the database is reopened,
+//! an fsync error may have lost dirty pages, and a database deleted under the agent takes
+//! writes nobody will read. The first such error, met by any caller, marks the store fatal
+//! ([`Store::set_fatal`]); the daemon then exits for its supervisor to restart it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -32,6 +38,8 @@ use crate::clock::Millis;
 pub const META_PREFIX: u8 = 0xFF;
 /// A metadata key (starting with [`META_PREFIX`]) and its value; an empty value removes it.
 pub type MetaEntry = (Vec<u8>, Vec<u8>);
+/// The key the writer rewrites to prove, for the watchdog, that it can still commit.
+const PROBE_KEY: &[u8] = b"\xFFagent-probe";
 /// 8 MiB segments: values up to 2 MiB - header stay inline in the synced log (see module doc).
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
@@ -53,6 +61,19 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
     #[error("transaction failed: {0}")]
     Transaction(String),
+    /// The database file is no longer the one at its path: its folder was deleted, moved or
+    /// replaced while the agent ran. Whatever is written now goes to a file nobody will read.
+    #[error("the database file {path} was deleted or replaced while the agent ran")]
+    Unlinked { path: PathBuf },
+}
+
+/// Maps a failed sled transaction: a storage error stays a [`StoreError::Sled`] (so that an
+/// I/O error is still seen as one), anything else is a [`StoreError::Transaction`].
+fn from_transaction<E: std::fmt::Debug>(e: sled::transaction::TransactionError<E>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        other => StoreError::Transaction(format!("{other:?}")),
+    }
 }
 
 /// Queue depth of one integration, kept in memory (sled's `len` is a full scan).
@@ -139,6 +160,25 @@ pub struct Store {
     pub fatal_notify: tokio::sync::Notify,
     /// The folder whose file system holds the database (for the free-space check).
     dir: PathBuf,
+    /// `queue.min_free_space` (bytes), set by the writer: below it alerts are refused. Kept
+    /// here so that status can say so; 0 until a writer starts.
+    min_free_space: AtomicU64,
+}
+
+/// The disk holding the queue, as status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes free for the agent (`None` when the file system cannot be asked).
+    pub free: Option<u64>,
+    /// `queue.min_free_space`, bytes.
+    pub min_free: u64,
+}
+
+impl Space {
+    /// Whether alerts are refused for lack of space (a healthy state: delivery goes on).
+    pub fn low(&self) -> bool {
+        self.free.is_some_and(|f| f < self.min_free)
+    }
 }
 
 fn alert_key(integration: &str, seq: u64) -> Vec<u8> {
@@ -167,20 +207,39 @@ fn prefix(integration: &str) -> Vec<u8> {
     p
 }
 
+/// The words of an I/O error. sled hands some errors back re-wrapped, as a new error whose
+/// text is the original's Debug form (`Os { code: 5, kind: .., message: .. }`); for those the
+/// OS's own words are recovered from the code. For display only: no decision reads this.
+fn os_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if e.raw_os_error().is_some() {
+        return text;
+    }
+    text.split_once("Os { code: ")
+        .and_then(|(_, rest)| rest.split(',').next()?.parse::<i32>().ok())
+        .map_or(text.clone(), |code| {
+            std::io::Error::from_raw_os_error(code).to_string()
+        })
+}
+
 impl StoreError {
     /// A short reason fit for an HTTP answer or a log line (sled's own Display shows Debug).
     pub fn reason(&self) -> String {
         match self {
-            StoreError::Sled(sled::Error::Io(e)) => format!("disk I/O error: {e}"),
+            StoreError::Sled(sled::Error::Io(e)) => format!("disk I/O error: {}", os_words(e)),
             other => other.to_string(),
         }
     }
 
-    /// Whether sled may have marked itself failed (it then refuses all later writes).
-    pub fn is_io(&self) -> bool {
+    /// Whether the database cannot be trusted to write again in this process: sled marks
+    /// itself failed after an I/O error (and refuses every later write), an fsync error may have
+    /// dropped dirty pages for good, and a deleted database takes writes nobody will read.
+    pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            StoreError::Sled(sled::Error::Io(_)) | StoreError::Sync { .. }
+            StoreError::Sled(sled::Error::Io(_))
+                | StoreError::Sync { .. }
+                | StoreError::Unlinked { .. }
         )
     }
 
@@ -273,6 +332,7 @@ impl Store {
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
             dir: path.to_owned(),
+            min_free_space: AtomicU64::new(0),
         };
         store.rebuild_counters()?;
         Ok(store)
@@ -285,15 +345,22 @@ impl Store {
         let mut max_seq = 0;
         let mut total = 0;
         let mut unreadable = Vec::new();
+        let mut empty_meta = Vec::new();
         for kv in self.queue.iter() {
             let (k, v) = kv?;
             let Some((name, seq)) = split_alert_key(&k) else {
+                // An empty metadata value means "removed"; older versions wrote such rows
+                // when a requeue shared a commit with a file source (see `append_requeue`).
+                if k.first() == Some(&META_PREFIX) && v.is_empty() {
+                    empty_meta.push(k.to_vec());
+                }
                 continue;
             };
             max_seq = max_seq.max(seq);
+            // Unreadable records are counted like the others: moving each to the dead letters
+            // below takes it off the count again, so the count ends right.
             if let Err(e) = Envelope::decode(&v) {
                 unreadable.push((name.to_string(), seq, e.to_string(), v.to_vec()));
-                continue;
             }
             let d = depth.entry(name.to_string()).or_default();
             d.alerts += 1;
@@ -318,8 +385,19 @@ impl Store {
                 &name,
                 seq,
                 &DeadLetter::unreadable(&name, seq, &why, &raw),
-                0,
+                raw.len() as u64,
             )?;
+        }
+        if !empty_meta.is_empty() {
+            let mut b = sled::Batch::default();
+            for k in &empty_meta {
+                b.remove(k.as_slice());
+            }
+            self.queue.apply_batch(b)?;
+            tracing::info!(
+                rows = empty_meta.len(),
+                "Removed empty metadata rows left by an older version."
+            );
         }
         Ok(())
     }
@@ -337,6 +415,40 @@ impl Store {
         Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
 
+    /// Sets `queue.min_free_space` (bytes), below which the writer refuses alerts.
+    pub fn set_min_free_space(&self, bytes: u64) {
+        self.min_free_space.store(bytes, Ordering::SeqCst);
+    }
+
+    /// The free space on the disk holding the queue, now, and the configured floor.
+    pub fn space(&self) -> Space {
+        Space {
+            free: self.free_space().ok(),
+            min_free: self.min_free_space.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Runs `f`, and marks the store fatal if it failed in a way the database cannot recover
+    /// from in this process (see [`StoreError::is_fatal`]). Every public method that touches
+    /// sled goes through here, so the first such error, whoever meets it, stops the daemon.
+    fn watch<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let r = f();
+        if let Err(e) = &r
+            && e.is_fatal()
+        {
+            self.set_fatal(e.reason());
+        }
+        r
+    }
+
+    /// Marks the store fatal if `e`, met by code that uses one of the trees directly (the
+    /// limiter's), is an I/O error: sled then refuses every later write.
+    pub fn check_sled_error(&self, e: &sled::Error) {
+        if let sled::Error::Io(io) = e {
+            self.set_fatal(format!("disk I/O error: {}", os_words(io)));
+        }
+    }
+
     /// Records an error after which sled cannot be trusted to write again.
     pub fn set_fatal(&self, why: String) {
         let mut f = self.fatal.lock().expect("fatal lock");
@@ -351,14 +463,59 @@ impl Store {
         self.fatal.lock().expect("fatal lock").clone()
     }
 
-    /// Makes everything written so far survive power loss (see the module doc).
+    /// Makes everything written so far survive power loss (see the module doc), and checks
+    /// that it went to the database at its path: a folder deleted or replaced while the agent
+    /// runs would otherwise take writes (and answer 202) into a file nobody will read.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.sync_new_blobs()?;
-        self.db_file.sync_data().map_err(|source| StoreError::Sync {
+        self.watch(|| {
+            self.db.flush()?;
+            self.sync_new_blobs()?;
+            self.db_file
+                .sync_data()
+                .map_err(|source| StoreError::Sync {
+                    path: self.db_file_path.clone(),
+                    source,
+                })?;
+            self.check_linked()
+        })
+    }
+
+    /// Fails with [`StoreError::Unlinked`] when the open database file is no longer the one at
+    /// its path: deleted (no link left, or nothing at the path) or replaced. One fstat and one
+    /// stat: nothing next to the fsync before it.
+    fn check_linked(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let sync_error = |source| StoreError::Sync {
             path: self.db_file_path.clone(),
             source,
-        })
+        };
+        let gone = || StoreError::Unlinked {
+            path: self.db_file_path.clone(),
+        };
+        let open = self.db_file.metadata().map_err(sync_error)?;
+        if open.nlink() == 0 {
+            return Err(gone());
+        }
+        match std::fs::metadata(&self.db_file_path) {
+            // Another file in its place on the same file system: replaced. Devices that differ
+            // say nothing for sure (some overlay file systems report one device for a path and
+            // another for an open file), and a false alarm here would restart the agent in a
+            // loop, so only the inode is trusted, and only on the same device.
+            Ok(m) if m.dev() == open.dev() && m.ino() != open.ino() => Err(gone()),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone()),
+            Err(e) => Err(sync_error(e)),
+        }
+    }
+
+    /// The watchdog's proof that the database still takes a write: rewrites one small key
+    /// and syncs. With `write` false (the disk is nearly full) it only syncs, which still
+    /// finds a failed disk, a deleted database and an error sled met in the background.
+    pub fn probe(&self, now: Millis, write: bool) -> Result<(), StoreError> {
+        if write {
+            self.watch(|| Ok(self.queue.insert(PROBE_KEY, &now.to_be_bytes())?))?;
+        }
+        self.sync()
     }
 
     fn sync_new_blobs(&self) -> Result<(), StoreError> {
@@ -406,21 +563,23 @@ impl Store {
         alerts: &[(String, u64, Vec<u8>)],
         meta: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for (name, seq, value) in alerts {
-            b.insert(alert_key(name, *seq), value.as_slice());
-        }
-        for (k, v) in meta {
-            debug_assert_eq!(k.first(), Some(&META_PREFIX));
-            if v.is_empty() {
-                b.remove(k.as_slice());
-            } else {
-                b.insert(k.as_slice(), v.as_slice());
+        self.watch(|| {
+            let mut b = sled::Batch::default();
+            for (name, seq, value) in alerts {
+                b.insert(alert_key(name, *seq), value.as_slice());
             }
-        }
-        self.queue.apply_batch(b)?;
-        self.count_appended(alerts);
-        Ok(())
+            for (k, v) in meta {
+                debug_assert_eq!(k.first(), Some(&META_PREFIX));
+                if v.is_empty() {
+                    b.remove(k.as_slice());
+                } else {
+                    b.insert(k.as_slice(), v.as_slice());
+                }
+            }
+            self.queue.apply_batch(b)?;
+            self.count_appended(alerts);
+            Ok(())
+        })
     }
 
     fn count_appended(&self, alerts: &[(String, u64, Vec<u8>)]) {
@@ -437,37 +596,41 @@ impl Store {
 
     /// Reads metadata written with [`Store::append`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.queue.get(key)?.map(|v| v.to_vec()))
+        self.watch(|| Ok(self.queue.get(key)?.map(|v| v.to_vec())))
     }
 
     /// Up to `limit` metadata entries whose key starts with `prefix` (which must start with
     /// [`META_PREFIX`]), in key order.
     pub fn meta_scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<MetaEntry>, StoreError> {
-        debug_assert_eq!(prefix.first(), Some(&META_PREFIX));
-        let mut out = Vec::new();
-        for kv in self.queue.scan_prefix(prefix).take(limit) {
-            let (k, v) = kv?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.watch(|| {
+            debug_assert_eq!(prefix.first(), Some(&META_PREFIX));
+            let mut out = Vec::new();
+            for kv in self.queue.scan_prefix(prefix).take(limit) {
+                let (k, v) = kv?;
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// Records, durably, something that never reached the queue and never will as it is (a
     /// tailed line too long or not JSON, for example). `dl.id` comes from [`Store::reserve_seq`].
     pub fn put_dead(&self, dls: &[DeadLetter]) -> Result<(), StoreError> {
-        if dls.is_empty() {
-            return Ok(());
-        }
-        let mut b = sled::Batch::default();
-        for dl in dls {
-            let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
-            b.insert(&dl.id.to_be_bytes(), value);
-        }
-        self.dead.apply_batch(b)?;
-        // Ids come fresh from `reserve_seq`: each is a new dead letter.
-        self.dead_total
-            .fetch_add(dls.len() as u64, Ordering::SeqCst);
-        self.sync()
+        self.watch(|| {
+            if dls.is_empty() {
+                return Ok(());
+            }
+            let mut b = sled::Batch::default();
+            for dl in dls {
+                let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
+                b.insert(&dl.id.to_be_bytes(), value);
+            }
+            self.dead.apply_batch(b)?;
+            // Ids come fresh from `reserve_seq`: each is a new dead letter.
+            self.dead_total
+                .fetch_add(dls.len() as u64, Ordering::SeqCst);
+            self.sync()
+        })
     }
 
     /// Up to `limit` alerts of `integration` with a sequence number above `after`, oldest first.
@@ -477,60 +640,68 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Envelope)>, StoreError> {
-        let start = alert_key(integration, after.saturating_add(1));
-        let end = alert_key(integration, u64::MAX);
-        let mut out = Vec::new();
-        for kv in self.queue.range(start..=end).take(limit) {
-            let (k, v) = kv?;
-            let Some((_, seq)) = split_alert_key(&k) else {
-                continue;
-            };
-            match Envelope::decode(&v) {
-                Ok(e) => out.push((seq, e)),
-                Err(e) => {
-                    let dl = DeadLetter::unreadable(integration, seq, &e.to_string(), &v);
-                    self.move_to_dead(integration, seq, &dl, v.len() as u64)?;
+        self.watch(|| {
+            let start = alert_key(integration, after.saturating_add(1));
+            let end = alert_key(integration, u64::MAX);
+            let mut out = Vec::new();
+            for kv in self.queue.range(start..=end).take(limit) {
+                let (k, v) = kv?;
+                let Some((_, seq)) = split_alert_key(&k) else {
+                    continue;
+                };
+                match Envelope::decode(&v) {
+                    Ok(e) => out.push((seq, e)),
+                    Err(e) => {
+                        let dl = DeadLetter::unreadable(integration, seq, &e.to_string(), &v);
+                        self.move_to_dead(integration, seq, &dl, v.len() as u64)?;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The oldest queued alert's receive time.
     pub fn oldest(&self, integration: &str) -> Result<Option<Millis>, StoreError> {
-        match self.queue.scan_prefix(prefix(integration)).next() {
-            None => Ok(None),
-            Some(kv) => Ok(Envelope::decode(&kv?.1).ok().map(|e| e.received_at)),
-        }
+        self.watch(
+            || match self.queue.scan_prefix(prefix(integration)).next() {
+                None => Ok(None),
+                Some(kv) => Ok(Envelope::decode(&kv?.1).ok().map(|e| e.received_at)),
+            },
+        )
     }
 
     /// Removes delivered alerts. Not synced: a removal lost in a crash means one duplicate
     /// delivery, which at-least-once allows.
     pub fn ack(&self, integration: &str, seqs: &[(u64, u64)]) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for (seq, _) in seqs {
-            b.remove(alert_key(integration, *seq));
-        }
-        self.queue.apply_batch(b)?;
-        let freed: u64 = seqs.iter().map(|(_, bytes)| bytes).sum();
-        let mut depth = self.depth.lock().expect("depth lock");
-        if let Some(d) = depth.get_mut(integration) {
-            d.alerts = d.alerts.saturating_sub(seqs.len() as u64);
-            d.bytes = d.bytes.saturating_sub(freed);
-        }
-        self.total_bytes
-            .fetch_sub(freed.min(self.total_bytes()), Ordering::SeqCst);
-        Ok(())
+        self.watch(|| {
+            let mut b = sled::Batch::default();
+            for (seq, _) in seqs {
+                b.remove(alert_key(integration, *seq));
+            }
+            self.queue.apply_batch(b)?;
+            let freed: u64 = seqs.iter().map(|(_, bytes)| bytes).sum();
+            let mut depth = self.depth.lock().expect("depth lock");
+            if let Some(d) = depth.get_mut(integration) {
+                d.alerts = d.alerts.saturating_sub(seqs.len() as u64);
+                d.bytes = d.bytes.saturating_sub(freed);
+            }
+            self.total_bytes
+                .fetch_sub(freed.min(self.total_bytes()), Ordering::SeqCst);
+            Ok(())
+        })
     }
 
     /// Rewrites an alert's envelope (attempt count and next attempt) in place.
     pub fn update(&self, integration: &str, seq: u64, env: &Envelope) -> Result<(), StoreError> {
-        let key = alert_key(integration, seq);
-        // Only if it is still queued: an operator may have moved it meanwhile.
-        if self.queue.contains_key(&key)? {
-            self.queue.insert(key, env.encode())?;
-        }
-        Ok(())
+        self.watch(|| {
+            let key = alert_key(integration, seq);
+            // Only if it is still queued: an operator may have moved it meanwhile.
+            if self.queue.contains_key(&key)? {
+                self.queue.insert(key, env.encode())?;
+            }
+            Ok(())
+        })
     }
 
     /// Moves an alert from the queue to the dead letters, atomically.
@@ -541,38 +712,48 @@ impl Store {
         dl: &DeadLetter,
         bytes: u64,
     ) -> Result<(), StoreError> {
-        use sled::Transactional;
-        let key = alert_key(integration, seq);
-        let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
-        (&self.queue, &self.dead)
-            .transaction(|(q, d)| {
-                q.remove(key.as_slice())?;
-                d.insert(&seq.to_be_bytes(), value.as_slice())?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-        self.dead_total.fetch_add(1, Ordering::SeqCst);
-        let mut depth = self.depth.lock().expect("depth lock");
-        if let Some(d) = depth.get_mut(integration) {
-            d.alerts = d.alerts.saturating_sub(1);
-            d.bytes = d.bytes.saturating_sub(bytes);
-        }
-        self.total_bytes
-            .fetch_sub(bytes.min(self.total_bytes()), Ordering::SeqCst);
-        self.db.flush()?;
-        Ok(())
+        self.watch(|| {
+            use sled::Transactional;
+            let key = alert_key(integration, seq);
+            let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
+            let (was_queued, was_dead) = (&self.queue, &self.dead)
+                .transaction(|(q, d)| {
+                    let queued = q.remove(key.as_slice())?.is_some();
+                    let dead = d.insert(&seq.to_be_bytes(), value.as_slice())?.is_some();
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>((queued, dead))
+                })
+                .map_err(from_transaction)?;
+            // The counters move only for what changed: an alert already gone from the queue
+            // (moved meanwhile) must not be taken off the depth a second time.
+            if !was_dead {
+                self.dead_total.fetch_add(1, Ordering::SeqCst);
+            }
+            if was_queued {
+                let mut depth = self.depth.lock().expect("depth lock");
+                if let Some(d) = depth.get_mut(integration) {
+                    d.alerts = d.alerts.saturating_sub(1);
+                    d.bytes = d.bytes.saturating_sub(bytes);
+                }
+                self.total_bytes
+                    .fetch_sub(bytes.min(self.total_bytes()), Ordering::SeqCst);
+            }
+            self.db.flush()?;
+            Ok(())
+        })
     }
 
     /// All dead letters, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.dead.iter() {
-            let (_, v) = kv?;
-            if let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) {
-                out.push(dl);
+        self.watch(|| {
+            let mut out = Vec::new();
+            for kv in self.dead.iter() {
+                let (_, v) = kv?;
+                if let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) {
+                    out.push(dl);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub fn dead_count(&self) -> usize {
@@ -587,23 +768,25 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut out = Vec::new();
-        let Some(start) = after.checked_add(1) else {
-            return Ok(out);
-        };
-        for kv in self.dead.range(start.to_be_bytes()..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = kv?;
-            let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
-                continue;
+        self.watch(|| {
+            let mut out = Vec::new();
+            let Some(start) = after.checked_add(1) else {
+                return Ok(out);
             };
-            if integration.is_none_or(|n| n == dl.integration) {
-                out.push(dl);
+            for kv in self.dead.range(start.to_be_bytes()..) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = kv?;
+                let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
+                    continue;
+                };
+                if integration.is_none_or(|n| n == dl.integration) {
+                    out.push(dl);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Ids of the dead letters (of one integration, or all) that failed before `before`.
@@ -612,42 +795,46 @@ impl Store {
         integration: Option<&str>,
         before: Millis,
     ) -> Result<Vec<u64>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.dead.iter() {
-            let (_, v) = kv?;
-            let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
-                continue;
-            };
-            if dl.failed_at < before && integration.is_none_or(|n| n == dl.integration) {
-                out.push(dl.id);
+        self.watch(|| {
+            let mut out = Vec::new();
+            for kv in self.dead.iter() {
+                let (_, v) = kv?;
+                let Ok(dl) = serde_json::from_slice::<DeadLetter>(&v) else {
+                    continue;
+                };
+                if dl.failed_at < before && integration.is_none_or(|n| n == dl.integration) {
+                    out.push(dl.id);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One dead letter.
     pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        match self.dead.get(id.to_be_bytes())? {
+        self.watch(|| match self.dead.get(id.to_be_bytes())? {
             None => Ok(None),
             Some(v) => Ok(serde_json::from_slice(&v).ok()),
-        }
+        })
     }
 
     /// Removes dead letters for good (an operator's purge); returns how many existed. Synced:
     /// a purge that comes back after a crash would surprise whoever ordered it.
     pub fn purge_dead(&self, ids: &[u64]) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for id in ids {
-            if self.dead.remove(id.to_be_bytes())?.is_some() {
-                removed += 1;
+        self.watch(|| {
+            let mut removed = 0;
+            for id in ids {
+                if self.dead.remove(id.to_be_bytes())?.is_some() {
+                    removed += 1;
+                }
             }
-        }
-        self.dead_total.fetch_sub(
-            removed.min(self.dead_total.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
-        self.sync()?;
-        Ok(removed)
+            self.dead_total.fetch_sub(
+                removed.min(self.dead_total.load(Ordering::SeqCst)),
+                Ordering::SeqCst,
+            );
+            self.sync()?;
+            Ok(removed)
+        })
     }
 
     /// Like [`Store::append`], and removes the dead letters `undead` in the same transaction:
@@ -659,30 +846,38 @@ impl Store {
         meta: &[(Vec<u8>, Vec<u8>)],
         undead: &[u64],
     ) -> Result<(), StoreError> {
-        use sled::Transactional;
-        let removed = (&self.queue, &self.dead)
-            .transaction(|(q, d)| {
-                for (name, seq, value) in alerts {
-                    q.insert(alert_key(name, *seq), value.as_slice())?;
-                }
-                for (k, v) in meta {
-                    q.insert(k.as_slice(), v.as_slice())?;
-                }
-                let mut removed = 0u64;
-                for id in undead {
-                    if d.remove(&id.to_be_bytes())?.is_some() {
-                        removed += 1;
+        self.watch(|| {
+            use sled::Transactional;
+            let removed = (&self.queue, &self.dead)
+                .transaction(|(q, d)| {
+                    for (name, seq, value) in alerts {
+                        q.insert(alert_key(name, *seq), value.as_slice())?;
                     }
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
-            })
-            .map_err(|e| StoreError::Transaction(format!("{e:?}")))?;
-        self.dead_total.fetch_sub(
-            removed.min(self.dead_total.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
-        self.count_appended(alerts);
-        Ok(())
+                    // As in `append`: an empty value removes the key (a file source forgetting
+                    // a finished file), it is never stored.
+                    for (k, v) in meta {
+                        if v.is_empty() {
+                            q.remove(k.as_slice())?;
+                        } else {
+                            q.insert(k.as_slice(), v.as_slice())?;
+                        }
+                    }
+                    let mut removed = 0u64;
+                    for id in undead {
+                        if d.remove(&id.to_be_bytes())?.is_some() {
+                            removed += 1;
+                        }
+                    }
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
+                })
+                .map_err(from_transaction)?;
+            self.dead_total.fetch_sub(
+                removed.min(self.dead_total.load(Ordering::SeqCst)),
+                Ordering::SeqCst,
+            );
+            self.count_appended(alerts);
+            Ok(())
+        })
     }
 
     pub fn depth(&self, integration: &str) -> Depth {
@@ -719,14 +914,31 @@ impl Store {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.watch(|| {
+            self.db.flush()?;
+            Ok(())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opens a database just dropped. sled lets go of its lock only when its flusher thread
+    /// has ended, a moment after the drop: wait for that, with a deadline.
+    fn reopen(path: &Path) -> Store {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path, 1 << 20) {
+                Ok((s, _)) => return s,
+                Err(e) if std::time::Instant::now() < end && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 
     fn dead(id: u64) -> DeadLetter {
         DeadLetter {
@@ -771,8 +983,107 @@ mod tests {
         // Counters survive a restart: they are rebuilt from what is on disk.
         store.sync().unwrap();
         drop(store);
-        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        let store = reopen(&dir.path().join("q"));
         assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
+    }
+
+    /// Issue 10, defect 7: records that cannot be decoded were left out of the depth at start
+    /// and then taken off it again when moved to the dead letters (2 good + 2 bad said 0).
+    #[test]
+    fn queue_depth_counts_every_readable_alert_after_unreadable_ones_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let env = Envelope {
+            received_at: 1,
+            attempts: 0,
+            next_attempt_at: 0,
+            key_hash: 7,
+            payload: b"{}".to_vec(),
+        }
+        .encode();
+        for value in [&env[..], b"bad", &env[..], b"worse", &env[..]] {
+            let seq = store.reserve_seq(1);
+            store
+                .append(&[("a".into(), seq, value.to_vec())], &[])
+                .unwrap();
+        }
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        let d = store.depth("a");
+        assert_eq!((d.alerts, d.bytes), (3, 3 * env.len() as u64));
+        assert_eq!(store.total_bytes(), 3 * env.len() as u64);
+        assert_eq!(store.dead_count(), 2);
+        assert_eq!(store.load_after("a", 0, 10).unwrap().len(), 3);
+        // A second move of the same record changes nothing.
+        let dl = store.dead_letters().unwrap().remove(0);
+        store.move_to_dead("a", dl.id, &dl, 3).unwrap();
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (3, 2));
+    }
+
+    /// Issue 10, defect 6: rows an older version stored with an empty value (meaning
+    /// "removed") are removed at start instead of read as unreadable read positions.
+    #[test]
+    fn empty_metadata_rows_left_by_an_older_version_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let empty = [&[META_PREFIX][..], b"tail\0/x\0a"].concat();
+        let kept = [&[META_PREFIX][..], b"tail\0/x\0b"].concat();
+        // What the old requeue path did: insert the empty value as it was.
+        store.queue.insert(&empty, &b""[..]).unwrap();
+        store
+            .append(&[], &[(kept.clone(), b"pos".to_vec())])
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        let rows = store.meta_scan(&[META_PREFIX], 10).unwrap();
+        assert_eq!(rows, vec![(kept, b"pos".to_vec())]);
+    }
+
+    /// Issue 10, scenario: the state folder deleted while the agent runs. sled writes on into
+    /// the unlinked file and every fsync succeeds; the sync must fail, and mark the store fatal.
+    #[test]
+    fn a_deleted_database_fails_the_sync_and_marks_the_store_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        store.probe(1, true).unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+        let seq = store.reserve_seq(1);
+        let r = store
+            .append(&[("a".into(), seq, b"x".to_vec())], &[])
+            .and_then(|()| store.sync());
+        assert!(matches!(r, Err(StoreError::Unlinked { .. })), "{r:?}");
+        assert!(store.fatal().unwrap().contains("deleted or replaced"));
+    }
+
+    /// The state folder moved aside and another database put in its place.
+    #[test]
+    fn a_replaced_database_fails_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        store.sync().unwrap();
+        std::fs::rename(&path, dir.path().join("q.old")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("db"), b"another").unwrap();
+        assert!(matches!(store.sync(), Err(StoreError::Unlinked { .. })));
+        assert!(store.fatal().is_some());
+    }
+
+    #[test]
+    fn an_io_error_sled_re_wrapped_reads_as_the_os_says_it() {
+        let os = std::io::Error::from_raw_os_error(5);
+        let wrapped = std::io::Error::other(format!("{os:?}"));
+        for e in [os, wrapped] {
+            assert_eq!(
+                StoreError::Sled(sled::Error::Io(e)).reason(),
+                "disk I/O error: Input/output error (os error 5)"
+            );
+        }
     }
 
     #[test]

@@ -44,13 +44,20 @@ pub enum IngestError {
 }
 
 /// One commit unit: alerts plus metadata that must land with them (a file offset). A request
-/// with nothing in it is a liveness ping (the watchdog's), answered without writing.
+/// with nothing in it is the watchdog's ping: it is answered once the writer has shown that it
+/// can still commit (the group's own commit, or a [`Store::probe`]), never refused for space.
 struct WriteReq {
     alerts: Vec<Alert>,
     meta: Vec<(Vec<u8>, Vec<u8>)>,
     /// Dead letters these alerts replace (an operator's retry), removed in the same transaction.
     undead: Vec<u64>,
     reply: oneshot::Sender<Result<Vec<u64>, IngestError>>,
+}
+
+impl WriteReq {
+    fn is_ping(&self) -> bool {
+        self.alerts.is_empty() && self.meta.is_empty() && self.undead.is_empty()
+    }
 }
 
 /// Sources' handle to the queue. Cheap to clone.
@@ -89,6 +96,7 @@ impl Ingest {
         clock: Clock,
     ) -> std::io::Result<(Ingest, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(cfg.channel_capacity);
+        store.set_min_free_space(cfg.min_free_space);
         let s = store.clone();
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
@@ -210,8 +218,10 @@ impl Ingest {
         rx.await.map_err(|_| IngestError::Closed)?
     }
 
-    /// Answers once the writer thread has taken a request off its channel: proof for the
-    /// watchdog that it is alive and not stuck (e.g. in an fsync that never returns).
+    /// Answers once the writer thread has committed to the database (the group the ping came
+    /// in, or a small probe write) and synced: proof for the watchdog that the writer is alive,
+    /// not stuck (in an fsync that never returns, say) and that the disk still takes writes.
+    /// A nearly full disk is not a failure: the ping then proves a sync, and answers.
     pub async fn ping(&self) -> Result<(), IngestError> {
         let (reply, rx) = oneshot::channel();
         let req = WriteReq {
@@ -236,6 +246,7 @@ fn writer_loop(
     clock: Clock,
 ) {
     let mut group: Vec<WriteReq> = Vec::new();
+    let mut space_low = false;
     while let Some(first) = rx.blocking_recv() {
         let mut n = first.alerts.len();
         group.push(first);
@@ -248,33 +259,77 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        commit_group(&store, &mut group, &cfg, &clock);
+        commit_group(&store, &mut group, &cfg, &clock, &mut space_low);
     }
     tracing::debug!("The queue writer stopped: every source is closed.");
 }
 
-fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, clock: &Clock) {
-    let max_bytes = cfg.max_bytes;
+/// Commits one group, then answers its pings with what the group proved about the disk.
+/// `space_low` is whether the last alerts were refused for lack of space (so that it is logged
+/// once per episode, not once per group).
+fn commit_group(
+    store: &Store,
+    group: &mut Vec<WriteReq>,
+    cfg: &WriterConfig,
+    clock: &Clock,
+    space_low: &mut bool,
+) {
     let now = clock.now();
-    if let Some(why) = store.fatal() {
-        refuse_all(
-            group,
-            IngestError::Disk(format!("{why}; the agent is restarting")),
-        );
+    let (pings, mut work): (Vec<WriteReq>, Vec<WriteReq>) =
+        group.drain(..).partition(WriteReq::is_ping);
+    let proof = commit_work(store, &mut work, cfg, now, space_low);
+    if pings.is_empty() {
         return;
+    }
+    let proof = match proof {
+        Some(p) => p,
+        None => match store.fatal() {
+            Some(why) => Err(IngestError::Disk(why)),
+            None => store
+                .probe(now, !store.space().low())
+                .map_err(|e| IngestError::Disk(e.reason())),
+        },
+    };
+    for p in pings {
+        let _ = p.reply.send(proof.clone().map(|()| Vec::new()));
+    }
+}
+
+/// Writes the alerts and metadata of `group` in one batch and syncs; answers each request.
+/// Returns the commit's outcome when one was attempted (it proves, or disproves, that the
+/// disk takes writes), `None` when nothing was written.
+fn commit_work(
+    store: &Store,
+    group: &mut Vec<WriteReq>,
+    cfg: &WriterConfig,
+    now: crate::clock::Millis,
+    space_low: &mut bool,
+) -> Option<Result<(), IngestError>> {
+    if group.is_empty() {
+        return None;
+    }
+    let max_bytes = cfg.max_bytes;
+    if let Some(why) = store.fatal() {
+        let e = IngestError::Disk(format!("{why}; the agent is restarting"));
+        refuse_all(group, e.clone());
+        return Some(Err(e));
     }
     let incoming: u64 = group
         .iter()
         .flat_map(|r| &r.alerts)
         .map(|a| a.payload.len() as u64 + 64)
         .sum();
+    let mib = |b: u64| b / (1024 * 1024);
     match store.free_space() {
         Ok(free) if free < cfg.min_free_space.saturating_add(incoming) => {
-            let mib = |b: u64| b / (1024 * 1024);
-            tracing::warn!(
-                free_mib = mib(free),
-                "Refusing alerts: the disk holding the queue is nearly full."
-            );
+            if !*space_low {
+                tracing::warn!(
+                    free_mib = mib(free),
+                    min_free_mib = mib(cfg.min_free_space),
+                    "Refusing alerts: the disk holding the queue is nearly full. Queued alerts still go out."
+                );
+                *space_low = true;
+            }
             refuse_all(
                 group,
                 IngestError::Disk(format!(
@@ -283,7 +338,14 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, cl
                     mib(cfg.min_free_space)
                 )),
             );
-            return;
+            return None;
+        }
+        Ok(free) if *space_low => {
+            tracing::info!(
+                free_mib = mib(free),
+                "The disk holding the queue has room again; alerts are accepted."
+            );
+            *space_low = false;
         }
         _ => {}
     }
@@ -293,10 +355,6 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, cl
     let mut undead = Vec::new();
     let mut accepted = Vec::new();
     for req in group.drain(..) {
-        if req.alerts.is_empty() && req.meta.is_empty() && req.undead.is_empty() {
-            let _ = req.reply.send(Ok(Vec::new()));
-            continue;
-        }
         let envs: Vec<Vec<u8>> = req
             .alerts
             .iter()
@@ -331,7 +389,7 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, cl
         accepted.push((req.reply, ids));
     }
     if accepted.is_empty() {
-        return;
+        return None;
     }
     let written = if undead.is_empty() {
         store.append(&rows, &meta)
@@ -339,30 +397,179 @@ fn commit_group(store: &Store, group: &mut Vec<WriteReq>, cfg: &WriterConfig, cl
         store.append_requeue(&rows, &meta, &undead)
     };
     let result = written.and_then(|()| store.sync());
-    match result {
+    let proof = match result {
         Ok(()) => {
             for (reply, ids) in accepted {
                 let _ = reply.send(Ok(ids));
             }
+            Ok(())
         }
         Err(e) => {
-            tracing::error!(
-                "Writing {} alerts to the queue failed: {e}. They were refused with 503.",
-                rows.len()
-            );
-            let msg = e.to_string();
-            for (reply, _) in accepted {
-                let _ = reply.send(Err(IngestError::Disk(msg.clone())));
+            let msg = e.reason();
+            if e.is_fatal() {
+                // The store is marked fatal (see `Store::watch`): the daemon exits and says
+                // why, once. Here it is only the refusal of this group.
+                tracing::warn!(
+                    "Writing {} alerts to the queue failed ({msg}); they were refused with 503.",
+                    rows.len()
+                );
+            } else {
+                tracing::error!(
+                    "Writing {} alerts to the queue failed ({msg}); they were refused with 503.",
+                    rows.len()
+                );
             }
+            let e = IngestError::Disk(msg);
+            for (reply, _) in accepted {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Err(e)
         }
-    }
+    };
     if !rows.is_empty() {
         store.committed.notify_one();
     }
+    Some(proof)
 }
 
 fn refuse_all(group: &mut Vec<WriteReq>, e: IngestError) {
     for req in group.drain(..) {
         let _ = req.reply.send(Err(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::store::{DeadLetter, META_PREFIX};
+
+    fn cfg() -> WriterConfig {
+        WriterConfig {
+            max_bytes: 1 << 30,
+            min_free_space: 0,
+            channel_capacity: 8,
+            batch_max: 100,
+        }
+    }
+
+    fn req(
+        alerts: Vec<Alert>,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+        undead: Vec<u64>,
+    ) -> (WriteReq, oneshot::Receiver<Result<Vec<u64>, IngestError>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            WriteReq {
+                alerts,
+                meta,
+                undead,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    /// Issue 10, defect 6: a commit group holding an operator's retry and a file source's
+    /// "forget this file" (an empty value) stored the empty value instead of removing the key;
+    /// the next start logged it as an unreadable read position.
+    #[test]
+    fn a_group_mixing_a_retry_and_a_forgotten_file_offset_leaves_no_empty_metadata_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let store = Arc::new(store);
+        let key = [&[META_PREFIX][..], b"tail\0/var/log/x\0file"].concat();
+        store
+            .append(&[], &[(key.clone(), b"pos".to_vec())])
+            .unwrap();
+        let seq = store.reserve_seq(1);
+        store
+            .append(&[("a".into(), seq, b"not an envelope".to_vec())], &[])
+            .unwrap();
+        let dl = DeadLetter {
+            id: seq,
+            integration: "a".into(),
+            received_at: 1,
+            failed_at: 2,
+            attempts: 1,
+            status: 400,
+            reason: "refused".into(),
+            response: String::new(),
+            payload: "{}".into(),
+        };
+        store.move_to_dead("a", seq, &dl, 15).unwrap();
+
+        // Both wait in the channel before the writer runs: one group, deterministically.
+        let (tx, rx) = mpsc::channel(8);
+        let alert = Alert {
+            integration: "a".into(),
+            payload: b"{}".to_vec(),
+            key_hash: 1,
+        };
+        let (retry, retried) = req(vec![alert], Vec::new(), vec![seq]);
+        let (forget, forgotten) = req(Vec::new(), vec![(key.clone(), Vec::new())], Vec::new());
+        tx.try_send(retry).unwrap();
+        tx.try_send(forget).unwrap();
+        drop(tx);
+        writer_loop(rx, store.clone(), cfg(), Clock::starting_at(1_000));
+        assert!(retried.blocking_recv().unwrap().is_ok());
+        assert!(forgotten.blocking_recv().unwrap().is_ok());
+
+        assert_eq!(store.meta(&key).unwrap(), None, "the key is removed");
+        assert!(store.meta_scan(&[META_PREFIX], 10).unwrap().is_empty());
+        assert_eq!((store.depth("a").alerts, store.dead_count()), (1, 0));
+    }
+
+    /// Issue 10, defect 4: below `min_free_space` the writer refused the watchdog's ping too,
+    /// so systemd killed a daemon that was only draining its queue.
+    #[test]
+    fn a_nearly_full_disk_refuses_alerts_but_answers_the_watchdog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        let store = Arc::new(store);
+        let (tx, rx) = mpsc::channel(8);
+        let alert = Alert {
+            integration: "a".into(),
+            payload: b"{}".to_vec(),
+            key_hash: 1,
+        };
+        let (post, posted) = req(vec![alert], Vec::new(), Vec::new());
+        let (ping, pinged) = req(Vec::new(), Vec::new(), Vec::new());
+        tx.try_send(post).unwrap();
+        tx.try_send(ping).unwrap();
+        drop(tx);
+        let full = WriterConfig {
+            // More than any disk has: always "nearly full".
+            min_free_space: u64::MAX / 2,
+            ..cfg()
+        };
+        store.set_min_free_space(full.min_free_space);
+        writer_loop(rx, store.clone(), full, Clock::starting_at(1_000));
+        assert!(matches!(
+            posted.blocking_recv().unwrap(),
+            Err(IngestError::Disk(m)) if m.contains("MiB free")
+        ));
+        assert_eq!(pinged.blocking_recv().unwrap().unwrap(), Vec::<u64>::new());
+        assert!(store.space().low());
+        assert_eq!(store.depth("a").alerts, 0);
+    }
+
+    /// Issue 10, defect 3: the ping wrote nothing, so a daemon whose disk had failed kept the
+    /// watchdog fed. It now fails once the store is fatal.
+    #[test]
+    fn the_watchdog_ping_fails_once_the_store_is_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("q"), 1 << 20).unwrap();
+        let store = Arc::new(store);
+        store.set_fatal("disk I/O error: Input/output error (os error 5)".into());
+        let (tx, rx) = mpsc::channel(8);
+        let (ping, pinged) = req(Vec::new(), Vec::new(), Vec::new());
+        tx.try_send(ping).unwrap();
+        drop(tx);
+        writer_loop(rx, store, cfg(), Clock::starting_at(1_000));
+        assert!(matches!(
+            pinged.blocking_recv().unwrap(),
+            Err(IngestError::Disk(m)) if m.contains("I/O error")
+        ));
     }
 }

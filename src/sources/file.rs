@@ -29,6 +29,14 @@
 //! and finished. A rotated file that was also compressed or moved to another folder while the
 //! agent was stopped cannot be found; that is reported (WARN with the line number).
 //!
+//! **Symbolic links** are followed only to a regular file in the watched folder itself (after
+//! every link is resolved): `current.log -> app-2024-06-01.log` is read, a link to anything
+//! outside the folder is refused with one ERROR and never opened. Whoever can write in a
+//! tailed folder could otherwise make the agent read any file it can read (its own
+//! credentials among them) and send its lines to OnCall. A followed file that becomes such a
+//! link counts as rotated away: it is read to its end, and the link is not. The file is opened
+//! without following a link at its last step, so a swap between the check and the open fails.
+//!
 //! **Lines.** A line is read only once its newline is there. Blank lines are skipped. `\r`
 //! before the newline is dropped. A line longer than `max_line` is never held in memory: it is
 //! skipped to its newline and recorded with its first [`DEAD_PREFIX`] bytes.
@@ -168,6 +176,8 @@ pub struct Tailer {
     warned_full: bool,
     /// Matching files that could not be opened, reported once each.
     unreadable: HashSet<PathBuf>,
+    /// Matching names that are links out of the folder, reported once each.
+    refused_links: HashSet<PathBuf>,
     /// Most lines per chunk: unbounded (the read buffer bounds it) until the queue refuses a
     /// chunk for lack of room, see [`Tailer::shrink`].
     max_lines: usize,
@@ -218,9 +228,13 @@ impl Tailer {
     }
 }
 
-/// An entry of the folder: a regular file (symlinks followed), and whether its name matches.
+/// An entry of the folder: a regular file (or a link to one in the folder), and whether its
+/// name matches.
 struct Entry {
+    /// Its name in the folder (the link's, for a link).
     path: PathBuf,
+    /// What is opened: `path`, or for a link the file in the folder it resolves to.
+    open: PathBuf,
     id: FileId,
     len: u64,
     matched: bool,
@@ -246,11 +260,12 @@ fn fingerprint(file: &File, len: u64) -> std::io::Result<Option<u64>> {
     Ok(Some(fnv(&b[..want])))
 }
 
-/// Opens a file for reading without blocking on a FIFO or following a last-moment swap to one.
+/// Opens a file for reading without blocking on a FIFO or following a link at its last step
+/// (a swap to a link after the listing checked it fails with ELOOP).
 fn open_file(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -274,6 +289,7 @@ impl Tailer {
             cursor: 0,
             warned_full: false,
             unreadable: HashSet::new(),
+            refused_links: HashSet::new(),
             max_lines: usize::MAX,
         };
         let first_run = t.store.meta(&init_key(&t.src.path))?.is_none();
@@ -302,7 +318,7 @@ impl Tailer {
             };
             let same_content = |e: &Entry| {
                 e.len >= saved.pos.offset
-                    && open_file(&e.path)
+                    && open_file(&e.open)
                         .ok()
                         .filter(|f| {
                             saved.pos.fp_len == 0
@@ -319,7 +335,7 @@ impl Tailer {
                     .iter()
                     .find(|e| e.id.ino == id.ino && e.id.dev != id.dev && same_content(e))
             });
-            let intact = intact.and_then(|e| Some((e, open_file(&e.path).ok()?)));
+            let intact = intact.and_then(|e| Some((e, open_file(&e.open).ok()?)));
             match intact {
                 Some((e, file)) => {
                     if !e.matched {
@@ -399,7 +415,7 @@ impl Tailer {
             }
             return Ok(None);
         }
-        let file = match open_file(&e.path) {
+        let file = match open_file(&e.open) {
             Ok(f) => f,
             // Removed between the listing and now: nothing to read.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -426,28 +442,54 @@ impl Tailer {
         }))
     }
 
-    /// Regular files in the source's folder (at most [`MAX_LISTING`] entries looked at).
-    fn list(&self) -> Result<Vec<Entry>, TailError> {
+    /// Regular files in the source's folder, and links to regular files in it (at most
+    /// [`MAX_LISTING`] entries looked at). Links out of the folder are left out, and reported
+    /// once when their name matches.
+    fn list(&mut self) -> Result<Vec<Entry>, TailError> {
         let rd = match std::fs::read_dir(&self.src.dir) {
             Ok(rd) => rd,
             // The folder may appear later; the poll will look again.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&self.src.dir)(e)),
         };
+        // Where links must lead: the folder itself, every link in its own path resolved.
+        let home = std::fs::canonicalize(&self.src.dir).map_err(io_err(&self.src.dir))?;
         let mut out = Vec::new();
         for de in rd.take(MAX_LISTING).flatten() {
             let path = de.path();
-            let Ok(m) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !m.is_file() {
-                continue;
-            }
             let matched = de
                 .file_name()
                 .to_str()
                 .is_some_and(|n| self.src.name_pattern.matches(n));
+            let Ok(lm) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let (open, m) = if lm.file_type().is_symlink() {
+                // A dangling link is no file yet.
+                let Ok(target) = std::fs::canonicalize(&path) else {
+                    continue;
+                };
+                if target.parent() != Some(home.as_path()) {
+                    if matched
+                        && self.refused_links.len() < MAX_FILES
+                        && self.refused_links.insert(path.clone())
+                    {
+                        tracing::error!(path = %path.display(), target = %target.display(), "A tailed name is a symbolic link to a file outside the watched folder; it is not read. Tail that file's own folder if it is meant to be read.");
+                    }
+                    continue;
+                }
+                let Ok(m) = std::fs::symlink_metadata(&target) else {
+                    continue;
+                };
+                (target, m)
+            } else {
+                (path.clone(), lm)
+            };
+            if !m.is_file() {
+                continue;
+            }
             out.push(Entry {
+                open,
                 path,
                 id: FileId::of(&m),
                 len: m.len(),
@@ -473,7 +515,7 @@ impl Tailer {
             if best.as_ref().is_some_and(|(b, _)| b.mtime >= e.mtime) {
                 continue;
             }
-            let Ok(f) = open_file(&e.path) else { continue };
+            let Ok(f) = open_file(&e.open) else { continue };
             if fingerprint(&f, pos.fp_len).ok().flatten() == Some(pos.fp) {
                 best = Some((e, f));
             }
@@ -980,6 +1022,7 @@ pub async fn run(
     max_body: usize,
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
+    clock: crate::clock::Clock,
 ) {
     let report = crate::status::source_reporter(board, "file", &src.path);
     report(&|_| {});
@@ -1072,7 +1115,7 @@ pub async fn run(
 
         // Dead letters first (durable), then the alerts with the new position.
         if !chunk.refused.is_empty() {
-            let dls = dead_letters(&store, &src.integration, &chunk.refused);
+            let dls = dead_letters(&store, &src.integration, &chunk.refused, clock.now());
             let st = store.clone();
             match tokio::task::spawn_blocking(move || st.put_dead(&dls)).await {
                 Ok(Ok(())) => {
@@ -1192,8 +1235,13 @@ async fn commit_meta(
     }
 }
 
-fn dead_letters(store: &Store, integration: &str, refused: &[Refused]) -> Vec<DeadLetter> {
-    let now = crate::clock::Clock::system().now();
+/// Dead letters for refused lines, stamped `now` (the daemon's clock, injected in tests).
+fn dead_letters(
+    store: &Store,
+    integration: &str,
+    refused: &[Refused],
+    now: crate::clock::Millis,
+) -> Vec<DeadLetter> {
     let first = store.reserve_seq(refused.len() as u64);
     refused
         .iter()
@@ -1282,7 +1330,7 @@ mod tests {
 
         /// Commits a chunk the way `run` does.
         async fn commit(&self, t: &mut Tailer, mut c: Chunk) {
-            let dls = dead_letters(&self.store, "a", &c.refused);
+            let dls = dead_letters(&self.store, "a", &c.refused, 0);
             self.store.put_dead(&dls).unwrap();
             let alerts = std::mem::take(&mut c.alerts);
             self.ingest
@@ -1404,7 +1452,7 @@ mod tests {
         append(&r.log(), "nope\n{\"n\":1}\n");
         let mut t = r.open(100).await;
         let c = t.next_chunk().unwrap().unwrap();
-        let dls = dead_letters(&r.store, "a", &c.refused);
+        let dls = dead_letters(&r.store, "a", &c.refused, 0);
         r.store.put_dead(&dls).unwrap();
         t.dead_written(&c);
         // The queue refused the commit: the chunk is read again.
@@ -1496,6 +1544,37 @@ mod tests {
             end_position(&File::open(&p).unwrap(), 10).unwrap().offset,
             0
         );
+    }
+
+    /// Also seen: the dead letters of tailed lines were stamped by the system clock, not
+    /// the daemon's injected one.
+    #[tokio::test]
+    async fn dead_letters_of_tailed_lines_take_the_injected_clock() {
+        let r = rig();
+        append(&r.log(), "not json\n{\"n\":1}\n");
+        let clock = crate::clock::Clock::starting_at(42_000);
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(run(
+            r.source(1024),
+            r.ingest.clone(),
+            1 << 20,
+            stop,
+            SourceBoard::default(),
+            clock,
+        ));
+        let end = Instant::now() + Duration::from_secs(20);
+        while r.store.dead_count() == 0 {
+            assert!(Instant::now() < end, "no dead letter");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop_tx.send(true);
+        task.await.unwrap();
+        let dead = r.store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        // The injected clock started at 42 s after the epoch; the system's reads today.
+        assert!(dead[0].failed_at < 3_600_000, "{}", dead[0].failed_at);
+        assert_eq!(dead[0].received_at, dead[0].failed_at);
     }
 
     #[test]

@@ -118,6 +118,11 @@ pub fn router(state: HttpState, exposure: Exposure) -> Router {
     }
 }
 
+/// Longest `Authorization` header compared with the token, bytes. Far above any sane token
+/// (`Bearer ` and a few hundred characters) and far below hyper's header limit: a longer one
+/// is refused before any comparison.
+pub const MAX_AUTH_HEADER: usize = 4096;
+
 async fn require_token(
     State(token): State<Arc<Secret<String>>>,
     req: Request,
@@ -126,10 +131,10 @@ async fn require_token(
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
+        .filter(|v| v.len() <= MAX_AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| token_matches(g.as_bytes(), token.expose().as_bytes())) {
         next.run(req).await
     } else {
         ApiError::new(
@@ -140,29 +145,43 @@ async fn require_token(
     }
 }
 
-/// Compares without an early exit, so the time taken says nothing about the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for (i, y) in b.iter().enumerate() {
-        diff |= a.get(i).copied().unwrap_or(0) ^ y;
-    }
-    diff == 0
+/// Compares in time that depends only on the lengths (`subtle`): a different length is a
+/// mismatch, whatever the difference; equal lengths are compared without an early exit.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(token).into()
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// A status report reads sled (the oldest alert of each integration): a blocking thread does
+/// it, so a slow disk or a long queue never holds an async worker (and the requests on it).
 async fn status(State(st): State<HttpState>) -> Response {
-    axum::Json(st.reporter.report()).into_response()
+    let reporter = st.reporter.clone();
+    match tokio::task::spawn_blocking(move || reporter.report()).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => report_failed(e),
+    }
 }
 
+/// Like [`status`]: the metrics are built from a status report.
 async fn metrics(State(st): State<HttpState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::render(&st.reporter),
+    let reporter = st.reporter.clone();
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&reporter)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => report_failed(e),
+    }
+}
+
+/// Only a panic gets here (and panics abort the release build).
+fn report_failed(e: tokio::task::JoinError) -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the report could not be built: {e}"),
     )
-        .into_response()
+    .into_response()
 }
 
 async fn post_alert(
@@ -512,10 +531,96 @@ mod tests {
 
     #[test]
     fn token_compare() {
-        assert!(constant_time_eq(b"abcdef", b"abcdef"));
-        assert!(!constant_time_eq(b"abcdeg", b"abcdef"));
-        assert!(!constant_time_eq(b"abc", b"abcdef"));
-        assert!(!constant_time_eq(b"", b"abcdef"));
+        assert!(token_matches(b"abcdef", b"abcdef"));
+        assert!(!token_matches(b"abcdeg", b"abcdef"));
+        assert!(!token_matches(b"abc", b"abcdef"));
+        assert!(!token_matches(b"", b"abcdef"));
+    }
+
+    #[test]
+    fn a_token_followed_by_a_multiple_of_65536_bytes_does_not_match() {
+        let token = b"s3cret-token";
+        for extra in [65_536usize, 131_072, 256, 1 << 24] {
+            let mut given = token.to_vec();
+            given.resize(token.len() + extra, 0);
+            assert!(!token_matches(&given, token), "{extra} extra NUL bytes");
+            given.truncate(token.len());
+            given.extend(std::iter::repeat_n(b'x', extra));
+            assert!(!token_matches(&given, token), "{extra} extra bytes");
+        }
+    }
+
+    /// Also seen: `/v1/status` and `/metrics` built their report (which reads sled) on an
+    /// async worker, holding every request behind it. Here the report waits on a lock held
+    /// by another thread; on the one worker of a current-thread runtime, /healthz must still
+    /// be answered meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_status_report_does_not_hold_the_async_worker() {
+        use std::sync::mpsc as sync_mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::queue::Store::open(&dir.path().join("queue"), 8 << 20).unwrap();
+        let store = Arc::new(store);
+        let clock = crate::clock::Clock::system();
+        let (ingest, _writer) = Ingest::start(
+            store.clone(),
+            ["a".to_string()],
+            crate::queue::writer::WriterConfig {
+                max_bytes: 1 << 20,
+                min_free_space: 0,
+                channel_capacity: 4,
+                batch_max: 4,
+            },
+            clock,
+        )
+        .unwrap();
+        let reporter = Arc::new(Reporter {
+            store,
+            board: Arc::default(),
+            clock,
+            started: clock.now(),
+            max_bytes: 1 << 20,
+            rates: std::sync::Mutex::default(),
+            received: ingest.received().clone(),
+            sources: Arc::default(),
+        });
+        let state = HttpState {
+            ingest,
+            reporter: reporter.clone(),
+            max_body: 1024,
+            body_timeout: Duration::from_secs(5),
+            sender: tokio::sync::mpsc::channel(1).0,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(router(state, Exposure::Unix));
+        let get = |path: &str| Request::builder().uri(path).body(Body::empty()).unwrap();
+        // Another thread holds what the report needs until told to let go (or 10 s pass).
+        let (locked_tx, locked_rx) = sync_mpsc::channel();
+        let (release_tx, release_rx) = sync_mpsc::channel::<()>();
+        let holder = {
+            let reporter = reporter.clone();
+            std::thread::spawn(move || {
+                let _held = reporter.rates.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                release_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+            })
+        };
+        locked_rx.recv().unwrap();
+        for path in ["/v1/status", "/metrics"] {
+            let slow = tokio::spawn(hyper::service::Service::call(&svc, get(path)));
+            // Let the report start (and, if it ran here, block this thread).
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            let health = hyper::service::Service::call(&svc, get("/healthz"))
+                .await
+                .unwrap();
+            assert_eq!(health.status(), StatusCode::OK);
+            assert!(!slow.is_finished(), "{path} did not wait for the lock");
+        }
+        release_tx.send(()).unwrap();
+        assert!(
+            holder.join().unwrap(),
+            "/healthz was answered only after the report's lock was given up"
+        );
     }
 
     proptest! {

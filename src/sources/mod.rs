@@ -16,18 +16,22 @@ pub mod watch;
 
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::{Config, Source};
 use crate::queue::Ingest;
 use crate::status::SourceBoard;
 
 /// Starts every configured `[[source]]`. Each task stops when `stop` turns true (after the
-/// commit it is in, if any) and drops its [`Ingest`] handle, which the writer waits for.
-/// Changes to sources take effect at the next start; reload leaves them running as they are.
+/// commit it is in, if any) and drops its [`Ingest`] handle, which the writer waits for. A
+/// reload that changes `[[source]]` replaces them all (see `app`); the spool follows a reload
+/// that only changes the integrations by itself. `clock` stamps the dead letters of tailed
+/// lines.
 pub fn start(
     config: &Config,
     ingest: &Ingest,
     stop: &tokio::sync::watch::Receiver<bool>,
     board: &SourceBoard,
+    clock: Clock,
 ) -> Vec<JoinHandle<()>> {
     // Integrations given by id accept alerts before they resolve, so spool folders too.
     let integrations: Vec<String> = config.integration_names();
@@ -41,6 +45,7 @@ pub fn start(
                 config.queue.max_body,
                 stop.clone(),
                 board.clone(),
+                clock,
             )),
             Source::Spool(sp) => tokio::spawn(spool::run(
                 sp.clone(),

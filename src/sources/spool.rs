@@ -10,15 +10,22 @@
 //! A file is removed only once its alert is durable in the queue; a crash in between delivers
 //! it twice, never zero times. A file that cannot be an alert (not a JSON object, larger than
 //! `queue.max_body`, not a regular file) is moved to `<path>/<integration>/failed/` beside a
-//! `<name>.error` file that says why. Folders of integrations that are not configured are not
-//! read.
+//! `<name>.error` file that says why.
+//!
+//! **The spool follows reloads.** Which integrations exist is asked of the queue
+//! ([`Ingest::knows`]) at every listing, so an integration added by SIGHUP has its folder read
+//! (at the next poll at the latest) and one removed stops being read. Files in the folder of an
+//! integration that is not configured stay where they are, with one WARN per folder, and never
+//! hold back the other integrations' files; they are read if it is configured again. The agent
+//! creates the folders of the integrations configured at start; a folder of one added later is
+//! created by the first `send` that spools for it (or by hand).
 //!
 //! Bounds: [`MAX_LISTING`] entries looked at per folder and listing, [`BATCH`] files per commit,
 //! `queue.max_body` bytes read per file.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +51,11 @@ const MAX_STUCK: usize = 10_000;
 /// Creates `dir` (and its missing parents) readable and writable by its group whatever the
 /// umask: the agent and the users of `send` share the spool through the group. A setgid bit
 /// inherited from the parent stays, so the group passes on.
+///
+/// The folder is made with its final mode by [`mkdir_group_shared`], so the agent never needs
+/// a chmod: under its unit, `RestrictSUIDSGID=yes` refuses any chmod that carries the setgid
+/// bit, and a chmod without it would clear the bit the folder inherited. The chmod below is
+/// only for when that could not be done (it is what a `send` run by a user does otherwise).
 fn make_shared_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -53,17 +65,41 @@ fn make_shared_dir(dir: &Path) -> std::io::Result<()> {
     {
         make_shared_dir(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match mkdir_group_shared(dir) {
         Ok(()) => {}
         // Made by someone else meanwhile (a `send`, the agent): theirs to set up.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     }
     let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o770 == 0o770 {
+        return Ok(());
+    }
     std::fs::set_permissions(
         dir,
         std::fs::Permissions::from_mode((mode & 0o7000) | 0o770),
     )
+}
+
+/// `mkdir(dir, 0770)` with a umask of 007, so the folder gets its group's access (and the
+/// parent's setgid bit, from the kernel) without a chmod. The umask is process-wide and other
+/// threads create files meanwhile (the queue), so this is done on a thread of its own that
+/// first stops sharing its umask with the process (`unshare(CLONE_FS)`, which needs no
+/// privilege and is no namespace); the thread, and its umask, end with the call. If unshare
+/// is refused, the process umask applies and the caller's chmod makes up for it.
+fn mkdir_group_shared(dir: &Path) -> std::io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the umask, the
+            // current and the root folder; umask touches nothing but that copy.
+            if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
+                unsafe { libc::umask(0o007) };
+            }
+            std::fs::DirBuilder::new().mode(0o770).create(dir)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the mkdir thread panicked")))
+    })
 }
 
 /// Writes one alert into the spool folder the way a dropped file must be: a hidden temporary
@@ -107,94 +143,144 @@ struct Found {
 
 /// What reading a batch of files gave.
 struct Batch {
-    alerts: Vec<Alert>,
-    /// The files behind `alerts`, removed once they are durable.
-    done: Vec<PathBuf>,
+    /// Alerts, each with the file behind it (removed once the alert is durable).
+    alerts: Vec<(Alert, PathBuf)>,
     /// Files that cannot be alerts, and why.
     failed: Vec<(PathBuf, String)>,
+}
+
+/// What one listing of the spool found.
+struct Listing {
+    /// Up to the batch's limit of files of configured integrations, each folder's in name order.
+    found: Vec<Found>,
+    /// How many such files wait in all.
+    waiting: u64,
+    /// The folders to watch: the spool and the folder of each configured integration in it.
+    dirs: Vec<PathBuf>,
+    /// Folders of integrations that are not configured and hold files, newly seen: (folder,
+    /// files in it).
+    unknown: Vec<(PathBuf, u64)>,
 }
 
 /// The spool folder's reader (blocking calls; [`run`] drives it).
 struct Spool {
     src: SpoolSource,
-    integrations: Vec<String>,
+    /// Asked which integrations are configured, at each listing (it follows reloads).
+    ingest: Ingest,
+    /// Integrations configured at start: their folders are created if missing.
+    initial: Vec<String>,
     max_body: usize,
     /// Files already queued whose removal failed, or that could not be moved to failed/.
     stuck: HashSet<PathBuf>,
+    /// Folders of unconfigured integrations already warned about (forgotten once the
+    /// integration is configured again, so a second removal warns again).
+    warned: HashSet<String>,
 }
 
 impl Spool {
-    fn dirs(&self) -> Vec<PathBuf> {
+    /// The spool and the folders of the integrations configured at start.
+    fn initial_dirs(&self) -> Vec<PathBuf> {
         std::iter::once(self.src.path.clone())
-            .chain(self.integrations.iter().map(|i| self.src.path.join(i)))
+            .chain(self.initial.iter().map(|i| self.src.path.join(i)))
             .collect()
     }
 
     /// Creates the folders that are missing (see [`make_shared_dir`]).
     fn ensure_dirs(&self) -> std::io::Result<()> {
-        for d in self.dirs() {
+        for d in self.initial_dirs() {
             make_shared_dir(&d)?;
         }
         Ok(())
     }
 
-    /// Up to `limit` files waiting, each integration's in name order; and how many wait.
-    fn list(&self, limit: usize) -> (Vec<Found>, u64) {
-        let mut out = Vec::new();
-        let mut waiting = 0;
-        for integration in &self.integrations {
-            let dir = self.src.path.join(integration);
-            let Ok(rd) = std::fs::read_dir(&dir) else {
+    /// Lists the spool: the integrations' folders in it (at most [`MAX_LISTING`] entries), and
+    /// in each folder of a configured integration its files (at most [`MAX_LISTING`]).
+    fn list(&mut self, limit: usize) -> Listing {
+        let mut l = Listing {
+            found: Vec::new(),
+            waiting: 0,
+            dirs: vec![self.src.path.clone()],
+            unknown: Vec::new(),
+        };
+        let Ok(rd) = std::fs::read_dir(&self.src.path) else {
+            return l;
+        };
+        let mut folders: Vec<String> = rd
+            .take(MAX_LISTING)
+            .flatten()
+            .filter_map(|de| de.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.') && crate::config::valid_name(n))
+            .filter(|n| self.src.path.join(n).is_dir())
+            .collect();
+        folders.sort();
+        for integration in folders {
+            let dir = self.src.path.join(&integration);
+            let known = self.ingest.knows(&integration);
+            let names = self.files_in(&dir, known);
+            if !known {
+                if !names.is_empty() && self.warned.insert(integration) {
+                    l.unknown.push((dir, names.len() as u64));
+                }
                 continue;
-            };
-            let mut names = Vec::new();
-            for de in rd.take(MAX_LISTING).flatten() {
-                let name = de.file_name();
-                let Some(n) = name.to_str() else { continue };
-                if n.starts_with('.') {
-                    if n.ends_with(".tmp") {
-                        remove_if_stale(&de.path());
-                    }
-                    continue;
-                }
-                if !n.ends_with(".json") || de.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let path = de.path();
-                if self.stuck.contains(&path) {
-                    continue;
-                }
-                names.push(path);
             }
-            waiting += names.len() as u64;
-            names.sort();
+            self.warned.remove(&integration);
+            l.dirs.push(dir);
+            l.waiting += names.len() as u64;
             for path in names {
-                if out.len() < limit {
-                    out.push(Found {
+                if l.found.len() < limit {
+                    l.found.push(Found {
                         integration: integration.clone(),
                         path,
                     });
                 }
             }
         }
-        (out, waiting)
+        l
+    }
+
+    /// The files of one integration's folder waiting to be read, in name order (stale
+    /// temporary files of a `send` that died are removed on the way when `tidy`).
+    fn files_in(&self, dir: &Path, tidy: bool) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        for de in rd.take(MAX_LISTING).flatten() {
+            let name = de.file_name();
+            let Some(n) = name.to_str() else { continue };
+            if n.starts_with('.') {
+                if tidy && n.ends_with(".tmp") {
+                    remove_if_stale(&de.path());
+                }
+                continue;
+            }
+            if !n.ends_with(".json") || de.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = de.path();
+            if self.stuck.contains(&path) {
+                continue;
+            }
+            names.push(path);
+        }
+        names.sort();
+        names
     }
 
     fn read(&self, found: Vec<Found>) -> Batch {
         let mut b = Batch {
             alerts: Vec::new(),
-            done: Vec::new(),
             failed: Vec::new(),
         };
         for f in found {
             match read_alert(&f.path, self.max_body) {
                 Ok((payload, key_hash)) => {
-                    b.alerts.push(Alert {
+                    let alert = Alert {
                         integration: f.integration,
                         payload,
                         key_hash,
-                    });
-                    b.done.push(f.path);
+                    };
+                    b.alerts.push((alert, f.path));
                 }
                 // Renamed or removed by someone else meanwhile: not ours any more.
                 Err(ReadError::Gone) => {}
@@ -298,7 +384,7 @@ fn read_alert(path: &Path, max_body: usize) -> Result<(Vec<u8>, u64), ReadError>
 /// Runs the spool source until `stop` turns true.
 pub async fn run(
     src: SpoolSource,
-    integrations: Vec<String>,
+    initial: Vec<String>,
     ingest: Ingest,
     max_body: usize,
     mut stop: watch::Receiver<bool>,
@@ -309,11 +395,13 @@ pub async fn run(
     let poll = src.poll_interval;
     let mut spool = Some(Spool {
         src: src.clone(),
-        integrations,
+        ingest: ingest.clone(),
+        initial,
         max_body,
         stuck: HashSet::new(),
+        warned: HashSet::new(),
     });
-    let mut dirs = DirWatch::new(spool.as_ref().map(|s| s.dirs()).unwrap_or_default());
+    let mut dirs = DirWatch::new(spool.as_ref().map(|s| s.initial_dirs()).unwrap_or_default());
     let mut dirs_ok = false;
     let mut next_poll = tokio::time::Instant::now();
     // Why queueing failed last and when that was said (see `file::say_again`).
@@ -338,7 +426,7 @@ pub async fn run(
             }
             continue;
         }
-        let Some(sp) = spool.take() else { return };
+        let Some(mut sp) = spool.take() else { return };
         let must_create = !dirs_ok;
         let limit = per_commit;
         let job = tokio::task::spawn_blocking(move || {
@@ -347,12 +435,12 @@ pub async fn run(
             } else {
                 None
             };
-            let (found, waiting) = sp.list(limit);
-            let batch = sp.read(found);
-            (sp, created, batch, waiting)
+            let mut listing = sp.list(limit);
+            let batch = sp.read(std::mem::take(&mut listing.found));
+            (sp, created, batch, listing)
         })
         .await;
-        let Ok((mut sp, created, batch, waiting)) = job else {
+        let Ok((mut sp, created, batch, listing)) = job else {
             tracing::error!(path = %src.path.display(), "The spool reading task failed.");
             return;
         };
@@ -368,22 +456,37 @@ pub async fn run(
             }
             None => {}
         }
+        for (dir, n) in &listing.unknown {
+            tracing::warn!(folder = %dir.display(), files = n, "Spool files wait in the folder of an integration that is not configured; they stay there and are read if it is configured again.");
+        }
+        // Folders of integrations added by a reload, or made by `send`, get watched.
+        dirs.set_dirs(listing.dirs);
         if polled {
             dirs.refresh();
         }
+        let waiting = listing.waiting;
         report(&|s| s.files = waiting);
         let worked = !batch.alerts.is_empty() || !batch.failed.is_empty();
 
+        // A reload may have removed an integration since the listing: its files stay (the
+        // next listing warns about them) and must not hold back the others.
+        let (alerts, done): (Vec<Alert>, Vec<PathBuf>) = batch
+            .alerts
+            .into_iter()
+            .filter(|(a, _)| ingest.knows(&a.integration))
+            .unzip();
         let mut queued = 0;
         let mut retry_later = false;
-        if !batch.alerts.is_empty() {
-            let n = batch.alerts.len();
-            match ingest.commit(batch.alerts, Vec::new(), true).await {
+        if !alerts.is_empty() {
+            let n = alerts.len();
+            match ingest.commit(alerts, Vec::new(), true).await {
                 Ok(_) => {
                     queued = n;
                     per_commit = per_commit.saturating_mul(2).min(BATCH);
                 }
                 Err(IngestError::Closed) => break,
+                // Removed between the check above and the commit: list again at once.
+                Err(IngestError::UnknownIntegration(_)) => {}
                 Err(e) => {
                     let msg = e.to_string();
                     if super::file::say_again(&mut said, &e) {
@@ -397,7 +500,7 @@ pub async fn run(
                 }
             }
         }
-        let done = if queued > 0 { batch.done } else { Vec::new() };
+        let done = if queued > 0 { done } else { Vec::new() };
         let failed = batch.failed;
         let job = tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();
@@ -460,4 +563,37 @@ pub async fn run(
         }
     }
     tracing::debug!(path = %src.path.display(), "The spool source stopped.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under the unit (UMask=0077, RestrictSUIDSGID=yes) the agent's chmod to 02770 was refused
+    /// and the integration folders were left drwx--S---, closed to the group for good. The
+    /// folders must come out 02770 with no chmod at all, whatever the process umask.
+    #[test]
+    fn spool_folders_are_group_shared_under_a_strict_umask_without_chmod() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let made = spool.join("db-prod").join("failed");
+        std::thread::spawn({
+            let made = made.clone();
+            move || {
+                // The unit's umask, on this test's thread only (see mkdir_group_shared).
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_FS) }, 0);
+                unsafe { libc::umask(0o077) };
+                mkdir_group_shared(made.parent().unwrap()).unwrap();
+                mkdir_group_shared(&made).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        for d in [spool.join("db-prod"), made] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o2770, "{} is {mode:o}", d.display());
+        }
+    }
 }

@@ -43,6 +43,19 @@ impl DirWatch {
         w
     }
 
+    /// Watches `dirs` from now on instead of the folders given so far (the spool's folders
+    /// change with the configured integrations). Nothing changes when they are the same.
+    pub fn set_dirs(&mut self, dirs: Vec<PathBuf>) {
+        let same =
+            dirs.len() == self.dirs.len() && dirs.iter().zip(&self.dirs).all(|(a, (b, _))| a == b);
+        if same {
+            return;
+        }
+        self.dirs = dirs.into_iter().map(|d| (d, None)).collect();
+        self.watcher = None;
+        self.refresh();
+    }
+
     /// Rebuilds the watches if a folder appeared, vanished or was replaced since they were set
     /// up. Called at every poll.
     pub fn refresh(&mut self) {

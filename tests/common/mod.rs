@@ -590,3 +590,57 @@ pub fn integration(name: &str, url: &str) -> String {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+impl Daemon {
+    /// Waits up to `deadline` for the daemon to exit by itself; its exit status, or `None` if
+    /// it still runs.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// POSTs an alert over TCP; the status, or `None` when the daemon did not answer (gone).
+    pub async fn try_post(&self, integration: &str, body: &str) -> Option<u16> {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/v1/integrations/{integration}/alerts",
+                self.base()
+            ))
+            .body(body.to_string())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// Points the config's `state_dir` at `state` (before a start).
+    pub fn move_state_to(&self, state: &Path) {
+        let cfg = std::fs::read_to_string(&self.config_path).unwrap();
+        let cfg = cfg.replacen(
+            &format!("state_dir = \"{}\"", self.state_dir().display()),
+            &format!("state_dir = \"{}\"", state.display()),
+            1,
+        );
+        std::fs::write(&self.config_path, cfg).unwrap();
+    }
+
+    /// Lines the daemon logged at ERROR, over all its runs.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
