@@ -72,8 +72,11 @@ struct Run {
     wall: Duration,
     /// The server's limits and window phases, where they differ from the agent's budgets:
     /// (per integration, org).
-    server: Option<([(Rate, Millis); 3], (Rate, Millis))>,
+    server: Option<ServerLimits>,
 }
+
+/// The server's (limit, window phase) per integration, and the org's.
+type ServerLimits = ([(Rate, Millis); 3], (Rate, Millis));
 
 /// Runs the storm through the real dispatcher.
 async fn storm(

@@ -48,7 +48,11 @@ async fn budget_frees_a_slot_a_full_window_after_the_oldest_answer() {
 
 #[tokio::test(start_paused = true)]
 async fn integration_429_without_retry_after_probes_once_per_probe_interval_one_at_a_time() {
-    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), delivery(), 1);
+    // Pause and probe, before anything is learned (the script's 429s follow no 300 s window;
+    // tests/learn.rs has what comes after).
+    let mut d = delivery();
+    d.learn = false;
+    let mut sim = Sim::new(&[("a", rate(300, 300))], rate(500, 300), d, 1);
     sim.fake.set_network(Network::fixed(40, 60));
     // OnCall's window for the integration is spent until 40 s.
     sim.fake
@@ -102,6 +106,7 @@ async fn integration_429_without_retry_after_probes_once_per_probe_interval_one_
 async fn org_429_pauses_every_integration_and_probes_one_request_at_a_time() {
     let mut d = delivery();
     d.concurrency = 2;
+    d.learn = false;
     let mut sim = Sim::new(
         &[("a", rate(300, 300)), ("b", rate(300, 300))],
         rate(500, 300),
@@ -524,4 +529,29 @@ async fn a_slow_oncall_answering_after_30s_still_gets_10000_alerts_in_order_with
             .collect();
         assert!(of_key.is_sorted(), "key k{k} out of order: {of_key:?}");
     }
+}
+
+/// A request that never reached OnCall (connection refused, a DNS or TLS failure before a byte
+/// of it left) spends no budget: with room for 2 per 5 minutes, four refused connections
+/// during an outage leave both slots for the two alerts once OnCall is back.
+#[tokio::test(start_paused = true)]
+async fn connections_refused_spend_no_budget() {
+    let mut d = delivery();
+    d.concurrency = 1;
+    d.retry_max = Duration::from_secs(8);
+    let mut sim = Sim::new(&[("a", rate(2, 300))], rate(500, 300), d, 1);
+    let mut down = Network::fixed(0, 0);
+    down.refused = 1.0;
+    sim.fake.set_network(down);
+    sim.queue("a", 2);
+    sim.sync();
+    sim.start();
+    sim.run_until(10_000).await;
+    assert_eq!(sim.fake.hits().len(), 4, "refused at 0, 1, 3 and 7 s");
+    sim.fake.set_network(Network::fixed(40, 60));
+    sim.run_until(20_000).await;
+    let hits = sim.fake.hits();
+    // The retry at 15 s gets through, and the second alert right after it: no 5-minute wait.
+    assert_eq!(sends(&hits, None)[4..], [15_000, 15_100]);
+    assert!(sim.all_delivered());
 }

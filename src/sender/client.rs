@@ -127,10 +127,14 @@ fn network_error(e: reqwest::Error) -> Outcome {
     } else {
         "failed"
     };
+    // A connect error (DNS, TCP, TLS handshake, a proxy's refusal) comes before any byte of
+    // the request left: OnCall cannot have counted it.
+    let reached = !e.is_connect();
     let detail = crate::redact::reqwest_error(e);
     Outcome::Retry {
         reason: format!("request {kind} ({detail})"),
         after: None,
         answered: false,
+        reached,
     }
 }

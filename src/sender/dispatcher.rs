@@ -673,13 +673,18 @@ impl Dispatcher {
                 ..
             }
         );
-        // A request that got no answer may still be counted until a timeout from now.
+        // A request that got no answer may still be counted until a timeout from now; one that
+        // never reached OnCall gives its slot back.
         let until = if answered {
             now
         } else {
             now.saturating_add(ms(self.delivery.timeout))
         };
-        self.limiters.answered(&scopes, d.slot, until)?;
+        if let Outcome::Retry { reached: false, .. } = outcome {
+            self.limiters.release(&scopes, d.slot)?;
+        } else {
+            self.limiters.answered(&scopes, d.slot, until)?;
+        }
         if self.delivery.learn {
             for scope in &scopes {
                 let seen = seen_by(scope, &outcome);
@@ -1158,6 +1163,7 @@ fn seen_by(scope: &Scope, outcome: &Outcome) -> Seen {
             // ... and the integration counted it, with room to spare.
             (LimitScope::Org, _) => Seen::Accepted,
         },
+        Outcome::Retry { reached: false, .. } => Seen::NotCounted,
         Outcome::Retry {
             answered: false, ..
         } => Seen::Unanswered,

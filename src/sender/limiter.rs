@@ -331,6 +331,17 @@ impl LimiterSet {
         Ok(id)
     }
 
+    /// The request behind slot `id` never reached OnCall: it counts nowhere.
+    pub fn release(&mut self, scopes: &[Scope], id: u64) -> Result<(), sled::Error> {
+        for scope in scopes {
+            if let Some(l) = self.limiters.get_mut(scope) {
+                l.slots.retain(|s| s.id != id);
+                self.tree.remove(slot_key(scope, id))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records when the request behind slot `id` was answered (or gave up).
     pub fn answered(&mut self, scopes: &[Scope], id: u64, at: Millis) -> Result<(), sled::Error> {
         for scope in scopes {

@@ -31,6 +31,9 @@ pub enum Outcome {
         /// Whether a response came back (if not, the server may still count the request until
         /// the timeout has passed once more).
         answered: bool,
+        /// False only when the request surely never reached OnCall (connection refused, DNS or
+        /// TLS failure before a byte of it was sent): then it spends no budget.
+        reached: bool,
     },
     /// 429: keep the alert at the head of its queue and pause the scope.
     RateLimited {
@@ -81,6 +84,7 @@ pub fn classify(
             reason: format!("OnCall answered {status}"),
             after,
             answered: true,
+            reached: true,
         },
         _ => Outcome::Rejected {
             status,

@@ -348,6 +348,7 @@ impl Transport for FakeOnCall {
                     reason: "request could not connect (simulated)".into(),
                     after: None,
                     answered: false,
+                    reached: false,
                 };
             }
             tokio::time::sleep(Duration::from_millis(up)).await;
@@ -362,6 +363,7 @@ impl Transport for FakeOnCall {
                     reason: "request timed out (simulated)".into(),
                     after: None,
                     answered: false,
+                    reached: true,
                 };
             }
             tokio::time::sleep(Duration::from_millis(down)).await;
