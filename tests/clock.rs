@@ -23,14 +23,6 @@ fn shifted(d: &Daemon, offset: &str) -> std::process::Command {
     c
 }
 
-fn db(status: &serde_json::Value) -> serde_json::Value {
-    status["integrations"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == "db"))
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Regression: a wall clock set a day ahead while the agent was down expired every persisted
 /// budget slot, so a spent budget was spent again inside the same real hour; one set an hour
 /// back held the slots "in the future" and stalled delivery for two hours instead of one. The
@@ -76,7 +68,7 @@ async fn a_wall_clock_step_while_down_neither_reopens_nor_stretches_a_spent_budg
         );
         // The budget spent before the stop is spent still, for the rest of its real hour.
         let st = d.status().await;
-        let budget = &db(&st)["budget"];
+        let budget = &integration_status(&st, "db")["budget"];
         let next = budget["next_free_in_s"].as_f64().unwrap();
         assert_eq!(budget["used"], 2, "{offset}: {st}");
         assert!((3000.0..=3600.0).contains(&next), "{offset}: {st}");
@@ -84,7 +76,7 @@ async fn a_wall_clock_step_while_down_neither_reopens_nor_stretches_a_spent_budg
     let (s, _) = d.post("db", r#"{"title":"third","alert_uid":"u3"}"#).await;
     assert_eq!(s, 202);
     let st = d.status().await;
-    assert_eq!(db(&st)["depth"], 1, "{st}");
+    assert_eq!(integration_status(&st, "db")["depth"], 1, "{st}");
     assert_eq!(
         oncall.all().len(),
         2,

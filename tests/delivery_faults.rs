@@ -14,15 +14,6 @@ const FAST: &str =
     "[delivery]\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\ntimeout = \"2s\"\n";
 const SECRET: &str = "RedirTok3n";
 
-/// Integration "db" in a status answer.
-fn db(status: &serde_json::Value) -> serde_json::Value {
-    status["integrations"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == "db"))
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// An ingress in front of `target` that answers every request with `status` and
 /// `Location: target`, as an http-to-https redirect does; it counts what it saw.
 async fn redirector(status: u16, target: String) -> std::net::SocketAddr {
@@ -71,7 +62,7 @@ async fn a_redirect_is_not_followed_and_the_alert_stays_queued_until_the_url_is_
         assert!(oncall.all().is_empty(), "{status}: {:?}", oncall.all());
         assert_eq!(d.depth().await, 1, "{status}");
         let st = d.status().await;
-        let err = db(&st)["last_error"]
+        let err = integration_status(&st, "db")["last_error"]
             .as_str()
             .unwrap_or_default()
             .to_string();
@@ -126,7 +117,9 @@ async fn a_retry_after_of_31_years_is_clamped_and_retry_now_frees_the_key() {
         d.logs()
     );
     let st = d.status().await;
-    let next = db(&st)["next_attempt_in_s"].as_f64().unwrap();
+    let next = integration_status(&st, "db")["next_attempt_in_s"]
+        .as_f64()
+        .unwrap();
     assert!((3000.0..=3600.0).contains(&next), "{st}");
 
     let out = d.cli(&["retry-now", "--integration", "db"]);
@@ -168,7 +161,7 @@ async fn a_kind_mismatch_is_named_in_the_dead_letter() {
     assert_eq!(s, 202);
     assert!(
         wait_for(Duration::from_secs(20), || async {
-            db(&d.status().await)["dead_lettered_total"] == 1
+            integration_status(&d.status().await, "db")["dead_lettered_total"] == 1
         })
         .await
     );
@@ -203,7 +196,7 @@ async fn a_reloaded_delivery_timeout_applies_to_the_next_request() {
     assert_eq!(s, 202);
     assert!(
         wait_for(Duration::from_secs(20), || async {
-            db(&d.status().await)["last_error"]
+            integration_status(&d.status().await, "db")["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("timed out"))
         })
@@ -245,6 +238,10 @@ async fn a_200_with_garbage_is_one_delivery_and_the_garbage_is_not_read_further(
     assert!(wait_for(Duration::from_secs(20), || async { d.depth().await == 0 }).await);
     assert_eq!(oncall.all().len(), 5, "each alert once");
     let st = d.status().await;
-    assert_eq!(db(&st)["delivered_total"], 5, "{st}");
-    assert_eq!(db(&st)["last_error"], serde_json::Value::Null, "{st}");
+    assert_eq!(integration_status(&st, "db")["delivered_total"], 5, "{st}");
+    assert_eq!(
+        integration_status(&st, "db")["last_error"],
+        serde_json::Value::Null,
+        "{st}"
+    );
 }

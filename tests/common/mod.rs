@@ -243,6 +243,15 @@ async fn alert(
     r
 }
 
+/// Integration `name` in a `/v1/status` answer (Null if it is not there).
+pub fn integration_status(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["integrations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Polls `f` until it returns true or `deadline` passes; returns the last answer.
 pub async fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
