@@ -138,3 +138,69 @@ async fn daemon_hits_the_heartbeat_url_and_reports_it() {
     // It is not an alert.
     assert!(oncall.accepted().is_empty());
 }
+
+/// Answers heartbeats with OnCall's heartbeat 429 (its text names neither budget), alerts 200.
+struct LimitsHeartbeats;
+
+impl Transport for LimitsHeartbeats {
+    fn deliver(&self, _url: &Secret<reqwest::Url>, _body: Vec<u8>) -> DeliverFuture {
+        Box::pin(async { Outcome::Delivered })
+    }
+    fn heartbeat(&self, _url: &Secret<reqwest::Url>) -> DeliverFuture {
+        Box::pin(async {
+            oncall_agent::sender::outcome::classify(
+                429,
+                None,
+                None,
+                b"We received too many heartbeats from integration and had to apply rate limiting.",
+            )
+        })
+    }
+}
+
+/// A 429 on a heartbeat is counted as the integration's (OnCall's text for it cannot tell the
+/// scope), pauses the integration like any 429, and its one warning says it was a heartbeat.
+#[tokio::test(start_paused = true)]
+async fn a_429_on_a_heartbeat_is_counted_and_pauses_as_the_integrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("q"), 8 << 20).unwrap();
+    let url = reqwest::Url::parse("http://oncall.invalid/integrations/v1/webhook/T/").unwrap();
+    let cfg = SenderConfig {
+        delivery: delivery(),
+        org: "500/5m".parse::<Rate>().unwrap(),
+        targets: vec![Target {
+            name: "a".into(),
+            url: Secret::new(url.clone()),
+            redacted_url: String::new(),
+            rate: "300/5m".parse().unwrap(),
+            heartbeat: Some((
+                Duration::from_secs(60),
+                Secret::new(oncall_agent::config::heartbeat_url(&url)),
+            )),
+        }],
+    };
+    let board: oncall_agent::status::SharedBoard = Arc::default();
+    let d = Dispatcher::new(
+        Arc::new(store),
+        Arc::new(LimitsHeartbeats),
+        cfg,
+        Clock::starting_at(1_000_000),
+        Jitter::None,
+        board.clone(),
+    )
+    .unwrap();
+    let (_ctl, ctl_rx) = mpsc::channel(1);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(d.run(ctl_rx, stop_rx));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = board.lock().unwrap().clone();
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let a = &b.integrations["a"].budget;
+    assert_eq!(a.rate_limited_total, 1, "{b:?}");
+    assert_eq!(
+        a.paused_reason.as_deref(),
+        Some("429 without Retry-After; probing")
+    );
+    assert_eq!(b.org.rate_limited_total, 0);
+}
