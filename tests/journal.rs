@@ -576,3 +576,166 @@ async fn journalctl_ends_with_the_agent_on_stop_and_on_kill_9() {
         journalctl_pids(&file)
     );
 }
+
+/// The shell script of `systemd/oncall-agent-notify@.service`'s ExecStart, as systemd hands it
+/// to sh: continuation lines joined, `$$` and `%%` undoubled, `\\` unescaped, and the agent's
+/// path pointed at the binary under test.
+fn notify_script() -> String {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/oncall-agent-notify@.service"),
+    )
+    .unwrap();
+    let start = unit.find("\nExecStart=").expect("an ExecStart") + 1;
+    let mut joined = String::new();
+    for line in unit[start..].lines() {
+        match line.strip_suffix('\\') {
+            Some(l) => {
+                joined.push_str(l);
+                joined.push(' ');
+            }
+            None => {
+                joined.push_str(line);
+                break;
+            }
+        }
+    }
+    let value = joined.strip_prefix("ExecStart=/bin/sh -c '").unwrap();
+    let end = value.rfind("' ").unwrap();
+    assert_eq!(
+        value[end + 1..].split_whitespace().collect::<Vec<_>>(),
+        ["oncall-agent-notify", "%i"]
+    );
+    value[..end]
+        .replace("$$", "$")
+        .replace("%%", "%")
+        .replace("\\\\", "\\")
+        .replace("/usr/bin/oncall-agent", bin())
+}
+
+/// Runs the notify script for `unit` as systemd would, with `env` (MONITOR_*), a fake
+/// `journalctl` that prints its arguments and a fake `systemctl` that answers from
+/// FAKE_FAILED and FAKE_RESULT.
+fn run_notify(d: &Daemon, unit: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let fake = d.dir.path().join("fakebin");
+    if !fake.exists() {
+        std::fs::create_dir(&fake).unwrap();
+        let write_exe = |name: &str, text: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = fake.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        write_exe(
+            "journalctl",
+            "#!/bin/sh\necho \"journalctl $*\"\necho 'line one of the run'\necho 'line two of the run'\n",
+        );
+        write_exe(
+            "systemctl",
+            "#!/bin/sh\ncase \"$1\" in\n  is-failed) [ -n \"$FAKE_FAILED\" ] ;;\n  show) echo \"$FAKE_RESULT\" ;;\nesac\n",
+        );
+        std::fs::create_dir(d.dir.path().join("notify-state")).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new("/bin/sh");
+    c.args(["-c", &notify_script(), "oncall-agent-notify", unit])
+        .env_clear()
+        .env("PATH", path)
+        .env("ONCALL_AGENT_CONFIG", &d.config_path)
+        .env("ONCALL_AGENT_NOTIFY_INTEGRATION", "a")
+        .env("STATE_DIRECTORY", d.dir.path().join("notify-state"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notify_template_sends_a_failure_with_its_journal_lines_and_one_recovery() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let d = Daemon::start(&config(&oncall, "")).await;
+    let failed = [
+        ("MONITOR_SERVICE_RESULT", "exit-code"),
+        ("MONITOR_EXIT_CODE", "exited"),
+        ("MONITOR_EXIT_STATUS", "1"),
+        ("MONITOR_INVOCATION_ID", "0f1e2d3c"),
+    ];
+    run_notify(&d, "nginx.service", &failed);
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() == 1).await,
+        "{}",
+        d.logs()
+    );
+    let a = oncall.accepted()[0].body.clone();
+    assert_eq!(a["title"], "nginx.service failed (exit-code)");
+    assert_eq!(a["alert_uid"], "systemd-unit:nginx.service");
+    assert_eq!(a["state"], "alerting");
+    let m = a["message"].as_str().unwrap();
+    for part in [
+        ": exit-code (exited 1)",
+        "Last journal lines:",
+        "--lines=20",
+        "_SYSTEMD_INVOCATION_ID=0f1e2d3c + INVOCATION_ID=0f1e2d3c",
+        "line two of the run",
+    ] {
+        assert!(m.contains(part), "{part:?} in {m}");
+    }
+
+    // It succeeds: one ok for the same group, and only one.
+    run_notify(
+        &d,
+        "nginx.service",
+        &[("MONITOR_SERVICE_RESULT", "success")],
+    );
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() == 2).await,
+        "{}",
+        d.logs()
+    );
+    let ok = oncall.accepted()[1].body.clone();
+    assert_eq!(ok["state"], "ok");
+    assert_eq!(ok["alert_uid"], "systemd-unit:nginx.service");
+    run_notify(
+        &d,
+        "nginx.service",
+        &[("MONITOR_SERVICE_RESULT", "success")],
+    );
+    // Started by hand or by ExecStartPost= (no MONITOR_*): systemctl tells.
+    run_notify(&d, "cron.service", &[]);
+    // The template itself never reports on itself.
+    run_notify(
+        &d,
+        "oncall-agent-notify@x.service.service",
+        &[("MONITOR_SERVICE_RESULT", "exit-code")],
+    );
+    run_notify(
+        &d,
+        "backup.service",
+        &[("FAKE_FAILED", "1"), ("FAKE_RESULT", "timeout")],
+    );
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() == 3).await,
+        "{}",
+        d.logs()
+    );
+    assert!(!wait_until(Duration::from_millis(500), || oncall.accepted().len() > 3).await);
+    let b = oncall.accepted()[2].body.clone();
+    assert_eq!(b["title"], "backup.service failed (timeout)");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("--unit=backup.service"),
+        "{b}"
+    );
+}
