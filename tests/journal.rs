@@ -739,3 +739,55 @@ async fn the_notify_template_sends_a_failure_with_its_journal_lines_and_one_reco
         "{b}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_matches_resumes_after_the_cursor() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let d = Daemon::start_with(|dir| {
+        write_journal(&dir.join("j.journal"), &seed());
+        config(
+            &oncall,
+            &journal_source(&dir.join("j.journal"), "units = [\"a\"]"),
+        )
+    })
+    .await;
+    let file = d.dir.path().join("j.journal");
+    wait_running(&d).await;
+    write_journal(
+        &file,
+        &[
+            entry("b.service", 3, "b old"),
+            entry("a.service", 3, "entry 0"),
+        ],
+    );
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() == 1).await,
+        "{}",
+        d.logs()
+    );
+    d.write_config(&config(
+        &oncall,
+        &journal_source(&file, "units = [\"a\", \"b\"]"),
+    ));
+    d.signal("HUP");
+    assert!(
+        d.wait_log("Sources restarted", 1, WAIT).await,
+        "{}",
+        d.logs()
+    );
+    write_journal(
+        &file,
+        &[
+            entry("b.service", 3, "entry 1"),
+            entry("a.service", 3, "entry 2"),
+        ],
+    );
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() >= 3).await,
+        "{}",
+        d.logs()
+    );
+    assert!(!wait_until(Duration::from_millis(500), || oncall.accepted().len() > 3).await);
+    // "b old" was written before b was matched and before the cursor: not read.
+    assert_exactly_once(&delivered_ns(&oncall), 3);
+}

@@ -892,7 +892,11 @@ pub async fn run(
         let start = cursor.map_or(Start::Beginning, Start::After);
         let mut reader = Reader::start(&src.journalctl, command_args(&src, &start), src.max_line);
         report(&|s| s.files = 1);
-        tracing::info!(source = name, integration = %src.integration, "Reading the journal.");
+        if episode.failing {
+            tracing::debug!(source = name, "Starting journalctl again.");
+        } else {
+            tracing::info!(source = name, integration = %src.integration, "Reading the journal.");
+        }
         let healthy = tokio::time::sleep(HEALTHY);
         tokio::pin!(healthy);
         let mut healthy_done = false;
