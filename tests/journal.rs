@@ -26,7 +26,12 @@ struct Entry {
     message: String,
     /// Extra fields, e.g. ("_PID", "1").
     extra: Vec<(&'static str, String)>,
+    /// Its `_BOOT_ID`.
+    boot: &'static str,
 }
+
+const BOOT_A: &str = "0123456789abcdef0123456789abcdef";
+const BOOT_B: &str = "fedcba9876543210fedcba9876543210";
 
 fn entry(unit: &'static str, priority: u8, message: impl Into<String>) -> Entry {
     Entry {
@@ -35,6 +40,7 @@ fn entry(unit: &'static str, priority: u8, message: impl Into<String>) -> Entry 
         priority,
         message: message.into(),
         extra: Vec::new(),
+        boot: BOOT_A,
     }
 }
 
@@ -53,7 +59,7 @@ fn write_journal(path: &Path, entries: &[Entry]) {
                 "__MONOTONIC_TIMESTAMP",
                 (t - 1_764_000_000_000_000).to_string(),
             ),
-            ("_BOOT_ID", "0123456789abcdef0123456789abcdef".to_string()),
+            ("_BOOT_ID", e.boot.to_string()),
             ("_HOSTNAME", "box1".to_string()),
             ("PRIORITY", e.priority.to_string()),
             ("SYSLOG_IDENTIFIER", e.identifier.to_string()),
@@ -213,6 +219,7 @@ async fn entries_become_alerts_with_title_uid_and_fields_and_matches_filter() {
         priority: 2,
         message: "EXT4-fs error (device sda1): bad block".into(),
         extra: Vec::new(),
+        boot: BOOT_A,
     };
     write_journal(
         &file,
@@ -790,4 +797,58 @@ async fn a_reload_that_changes_the_matches_resumes_after_the_cursor() {
     assert!(!wait_until(Duration::from_millis(500), || oncall.accepted().len() > 3).await);
     // "b old" was written before b was matched and before the cursor: not read.
     assert_exactly_once(&delivered_ns(&oncall), 3);
+}
+
+/// journalctl 252 `--follow` shows the newest boot only, and `--after-cursor` then skipped
+/// the first entry of the new boot: entries written at the end of one boot and the start of
+/// the next, while the agent was down, must all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_the_boot_before_a_reboot_and_the_first_of_the_next_are_not_skipped() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let mut d = Daemon::start_with(|dir| {
+        write_journal(&dir.join("j.journal"), &seed());
+        config(&oncall, &journal_source(&dir.join("j.journal"), ""))
+    })
+    .await;
+    let file = d.dir.path().join("j.journal");
+    wait_running(&d).await;
+    write_journal(&file, &numbered("app.service", 0, 2));
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() == 2).await,
+        "{}",
+        d.logs()
+    );
+    assert_eq!(d.stop(), Some(0));
+    // The end of boot A, then a reboot into boot B.
+    write_journal(&file, &numbered("app.service", 2, 2));
+    let next_boot: Vec<Entry> = numbered("app.service", 4, 3)
+        .into_iter()
+        .map(|mut e| {
+            e.boot = BOOT_B;
+            e
+        })
+        .collect();
+    write_journal(&file, &next_boot);
+    d.spawn().await;
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() >= 7).await,
+        "{:?}\n{}",
+        delivered_ns(&oncall),
+        d.logs()
+    );
+    // And it follows boot B from there.
+    write_journal(
+        &file,
+        &[Entry {
+            boot: BOOT_B,
+            ..entry("app.service", 3, "entry 7")
+        }],
+    );
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() >= 8).await,
+        "{}",
+        d.logs()
+    );
+    assert!(!wait_until(Duration::from_millis(500), || oncall.accepted().len() > 8).await);
+    assert_exactly_once(&delivered_ns(&oncall), 8);
 }

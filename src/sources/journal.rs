@@ -13,8 +13,13 @@
 //! **No entry lost, none repeated.** The task commits what is waiting (up to [`BATCH_MAX`]
 //! entries or [`BATCH_BYTES`]) in one atomic write with the cursor of the last of them
 //! ([`Ingest::commit`] with metadata, as file offsets are); the cursor in memory moves only once
-//! that write is durable. `journalctl` is always started `--after-cursor` the committed cursor,
-//! so a crash at any point resumes exactly after the last entry in the queue. Entries that
+//! that write is durable. `journalctl` is always started at the committed cursor (`--cursor`,
+//! the entry there dropped as already queued), so a crash at any point resumes exactly after
+//! the last entry in the queue. Each start first catches up without `--follow`, then follows:
+//! journalctl 250 to 257 follows the newest boot only, and would skip entries of an earlier
+//! boot written after the cursor (the end of the boot before a reboot). `--after-cursor` is
+//! not used: journalctl skips whatever entry comes first, the wrong one when the cursor's own
+//! entry no longer matches (after a reboot under --follow, or changed matches). Entries that
 //! cannot be forwarded (a line longer than `max_line`, an alert larger than `queue.max_body`)
 //! become dead letters, written durably just before that commit (a crash in between can record
 //! one twice, never lose it), counted in status and logged.
@@ -129,16 +134,28 @@ fn plausible_cursor(c: &str) -> bool {
 /// Where a `journalctl` run starts.
 #[derive(Debug, Clone, PartialEq)]
 enum Start {
-    /// Follow from just after this cursor.
-    After(String),
-    /// Follow from the journal's first matching entry.
+    /// From this cursor's entry on (`--cursor`: that entry itself comes first and is dropped
+    /// by the reader; `--after-cursor` would skip whatever entry comes first, the wrong one
+    /// when the cursor's entry no longer matches).
+    At(String),
+    /// From the journal's first matching entry.
     Beginning,
-    /// Print the newest matching entry and exit (the first run's starting point).
+    /// The newest matching entry alone (the first run's starting point).
     Newest,
 }
 
-/// The `journalctl` command line for `src`, starting at `start`.
-fn command_args(src: &JournalSource, start: &Start) -> Vec<OsString> {
+impl Start {
+    fn cursor(&self) -> Option<String> {
+        match self {
+            Start::At(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The `journalctl` command line for `src`, starting at `start`; with `follow`, it waits for
+/// new entries instead of exiting at the journal's end.
+fn command_args(src: &JournalSource, start: &Start, follow: bool) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![
         "--output=json".into(),
         // Fields longer than 4 KiB are written in full (`max_line` bounds the line instead).
@@ -167,15 +184,13 @@ fn command_args(src: &JournalSource, start: &Start) -> Vec<OsString> {
         o.push(absolute(f));
         a.push(o);
     }
+    if follow {
+        a.push("--follow".into());
+    }
     match start {
-        Start::After(c) => {
-            a.push("--follow".into());
-            a.push(format!("--after-cursor={c}").into());
-        }
-        Start::Beginning => {
-            a.push("--follow".into());
-            a.push("--lines=all".into());
-        }
+        Start::At(c) => a.push(format!("--cursor={c}").into()),
+        // With --follow, journalctl would start at the last 10 entries.
+        Start::Beginning => a.push("--lines=all".into()),
         Start::Newest => a.push("--lines=1".into()),
     }
     a.extend(matches(src).into_iter().map(OsString::from));
@@ -789,7 +804,7 @@ impl Episode {
 async fn newest_cursor(src: &JournalSource) -> Result<Option<String>, String> {
     let mut reader = Reader::start(
         &src.journalctl,
-        command_args(src, &Start::Newest),
+        command_args(src, &Start::Newest, false),
         src.max_line,
     );
     let mut cursor = None;
@@ -889,84 +904,113 @@ pub async fn run(
                 }
             }
         };
-        let start = cursor.map_or(Start::Beginning, Start::After);
-        let mut reader = Reader::start(&src.journalctl, command_args(&src, &start), src.max_line);
-        report(&|s| s.files = 1);
-        if episode.failing {
-            tracing::debug!(source = name, "Starting journalctl again.");
-        } else {
-            tracing::info!(source = name, integration = %src.integration, "Reading the journal.");
-        }
-        let healthy = tokio::time::sleep(HEALTHY);
-        tokio::pin!(healthy);
-        let mut healthy_done = false;
-        let exited: String = loop {
-            let first = tokio::select! {
-                _ = stop.changed() => {
-                    reader.kill();
-                    break 'outer;
+        // Catch up without --follow (journalctl 250-257 follows the newest boot only, so
+        // entries of an earlier boot after the cursor would be skipped), then follow.
+        let mut cursor = cursor;
+        let mut exited = None;
+        for follow in [false, true] {
+            let start = cursor.clone().map_or(Start::Beginning, Start::At);
+            let mut reader = Reader::start(
+                &src.journalctl,
+                command_args(&src, &start, follow),
+                src.max_line,
+            );
+            if follow {
+                report(&|s| s.files = 1);
+                if episode.failing {
+                    tracing::debug!(source = name, "Starting journalctl again.");
+                } else {
+                    tracing::info!(source = name, integration = %src.integration, "Reading the journal.");
                 }
-                _ = &mut healthy, if !healthy_done => {
-                    healthy_done = true;
-                    episode.works(name);
-                    report(&|s| s.last_error = None);
-                    continue;
-                }
-                m = reader.rx.recv() => m,
-            };
-            let Some(first) = first else {
-                break "journalctl's reader stopped without saying why".to_string();
-            };
-            // Everything waiting, within the batch bounds.
-            let mut msgs = vec![first];
-            let mut bytes = 0;
-            let mut end = None;
-            loop {
-                match msgs.last() {
-                    Some(Msg::Exited { why, .. }) => {
-                        end = Some(why.clone());
-                        msgs.pop();
+            }
+            let healthy = tokio::time::sleep(HEALTHY);
+            tokio::pin!(healthy);
+            // Only a following journalctl can be healthy for running long.
+            let mut healthy_done = !follow;
+            let end: Option<(bool, String)> = loop {
+                let first = tokio::select! {
+                    _ = stop.changed() => {
+                        reader.kill();
+                        break None;
+                    }
+                    _ = &mut healthy, if !healthy_done => {
+                        healthy_done = true;
+                        episode.works(name);
+                        report(&|s| s.last_error = None);
+                        continue;
+                    }
+                    m = reader.rx.recv() => m,
+                };
+                let Some(first) = first else {
+                    break Some((
+                        false,
+                        "journalctl's reader stopped without saying why".to_string(),
+                    ));
+                };
+                // Everything waiting, within the batch bounds.
+                let mut msgs = vec![first];
+                let mut bytes = 0;
+                let mut end = None;
+                loop {
+                    match msgs.last() {
+                        Some(Msg::Exited { ok, why }) => {
+                            end = Some((*ok, why.clone()));
+                            msgs.pop();
+                            break;
+                        }
+                        Some(Msg::Line(l)) => bytes += l.len(),
+                        Some(Msg::TooLong { head, .. }) => bytes += head.len(),
+                        None => break,
+                    }
+                    if msgs.len() >= BATCH_MAX || bytes >= BATCH_BYTES {
                         break;
                     }
-                    Some(Msg::Line(l)) => bytes += l.len(),
-                    Some(Msg::TooLong { head, .. }) => bytes += head.len(),
-                    None => break,
+                    match reader.rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
+                    }
                 }
-                if msgs.len() >= BATCH_MAX || bytes >= BATCH_BYTES {
-                    break;
-                }
-                match reader.rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
-                }
-            }
-            let items: Vec<Item> = msgs
-                .into_iter()
-                .filter_map(|m| to_item(&src, m, max_body))
-                .collect();
-            if !items.is_empty() {
-                match commit_items(&src, &ingest, &store, items, &report, &mut said, &mut stop)
-                    .await
-                {
-                    Some(Some(c)) => {
-                        saved = Some(Saved { cursor: Some(c) });
-                        if !healthy_done {
-                            healthy_done = true;
-                            episode.works(name);
+                // journalctl starts AT the cursor (--cursor): that entry is in the queue.
+                let items: Vec<Item> = msgs
+                    .into_iter()
+                    .filter_map(|m| to_item(&src, m, max_body))
+                    .filter(|i| i.cursor.is_none() || i.cursor != start.cursor())
+                    .collect();
+                if !items.is_empty() {
+                    match commit_items(&src, &ingest, &store, items, &report, &mut said, &mut stop)
+                        .await
+                    {
+                        Some(Some(c)) => {
+                            cursor = Some(c.clone());
+                            saved = Some(Saved { cursor: Some(c) });
+                            if !healthy_done {
+                                healthy_done = true;
+                                episode.works(name);
+                            }
+                        }
+                        Some(None) => {}
+                        None => {
+                            reader.kill();
+                            break None;
                         }
                     }
-                    Some(None) => {}
-                    None => {
-                        reader.kill();
-                        break 'outer;
-                    }
+                }
+                if let Some(e) = end {
+                    break Some(e);
+                }
+            };
+            drop(reader);
+            match end {
+                None => break 'outer,
+                // Caught up: now follow from there.
+                Some((true, _)) if !follow => {}
+                Some((_, why)) => {
+                    exited = Some(why);
+                    break;
                 }
             }
-            if let Some(why) = end {
-                break why;
-            }
-        };
-        drop(reader);
+        }
+        let exited = exited.unwrap_or_else(|| "journalctl exited".to_string());
         report(&|s| {
             s.files = 0;
             s.last_error = Some(exited.clone());
@@ -1148,20 +1192,22 @@ mod tests {
     }
 
     #[test]
-    fn the_command_starts_after_the_cursor_or_at_the_beginning() {
+    fn the_command_starts_at_the_cursor_or_at_the_beginning() {
         let s = |v: Vec<OsString>| {
             v.iter()
                 .map(|o| o.to_string_lossy().into_owned())
                 .collect::<Vec<_>>()
         };
-        let after = s(command_args(&source(), &Start::After("s=1;i=2".into())));
-        assert!(after.contains(&"--follow".into()));
-        assert!(after.contains(&"--after-cursor=s=1;i=2".into()));
-        assert!(after.contains(&"--priority=3".into()));
-        assert!(after.contains(&"--file=/x/y.journal".into()));
-        let begin = s(command_args(&source(), &Start::Beginning));
+        let at = s(command_args(&source(), &Start::At("s=1;i=2".into()), true));
+        assert!(at.contains(&"--follow".into()));
+        assert!(at.contains(&"--cursor=s=1;i=2".into()));
+        assert!(at.contains(&"--priority=3".into()));
+        assert!(at.contains(&"--file=/x/y.journal".into()));
+        let catch_up = s(command_args(&source(), &Start::At("s=1".into()), false));
+        assert!(!catch_up.contains(&"--follow".into()));
+        let begin = s(command_args(&source(), &Start::Beginning, true));
         assert!(begin.contains(&"--lines=all".into()));
-        let newest = s(command_args(&source(), &Start::Newest));
+        let newest = s(command_args(&source(), &Start::Newest, false));
         assert!(newest.contains(&"--lines=1".into()) && !newest.contains(&"--follow".into()));
     }
 
