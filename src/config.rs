@@ -264,6 +264,7 @@ enum RawSource {
         journal_directory: Option<PathBuf>,
         journal_file: Option<PathBuf>,
         journalctl: Option<PathBuf>,
+        poll_interval: Option<HumanDuration>,
     },
 }
 
@@ -635,6 +636,10 @@ pub struct JournalSource {
     pub journal_file: Option<PathBuf>,
     /// The `journalctl` program. Default "journalctl", found in PATH.
     pub journalctl: PathBuf,
+    /// Read the journal's new entries this often instead of following it: for a
+    /// `journal_directory` holding several hosts' journals, since journalctl 250 to 257
+    /// follows the newest boot only (one host's). Default: follow (entries arrive at once).
+    pub poll_interval: Option<Duration>,
 }
 
 /// Syslog priority names, by number.
@@ -1129,6 +1134,7 @@ impl Validator<'_> {
                     journal_directory,
                     journal_file,
                     journalctl,
+                    poll_interval,
                 } => {
                     if !integrations.contains(&integration) {
                         return Err(self.err(
@@ -1225,6 +1231,7 @@ impl Validator<'_> {
                         journal_directory: journal_directory.map(|p| self.relative(&p)),
                         journal_file: journal_file.map(|p| self.relative(&p)),
                         journalctl: journalctl.unwrap_or_else(|| PathBuf::from("journalctl")),
+                        poll_interval: poll_interval.map(|_| poll(poll_interval)).transpose()?,
                     }));
                 }
             }

@@ -852,3 +852,53 @@ async fn entries_of_the_boot_before_a_reboot_and_the_first_of_the_next_are_not_s
     assert!(!wait_until(Duration::from_millis(500), || oncall.accepted().len() > 8).await);
     assert_exactly_once(&delivered_ns(&oncall), 8);
 }
+
+/// journalctl 252 follows the newest boot only, which in a folder of several hosts' journals
+/// is one host: polling reads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_a_folder_of_several_hosts_journals_reads_every_host() {
+    let oncall = FakeOnCall::start(&["T"]).await;
+    let d = Daemon::start_with(|dir| {
+        std::fs::create_dir(dir.join("remote")).unwrap();
+        write_journal(&dir.join("remote/remote-h1.journal"), &seed());
+        config(
+            &oncall,
+            &format!(
+                "[[source]]\ntype = \"journal\"\nintegration = \"a\"\njournal_directory = \"{}\"\npoll_interval = \"100ms\"\n",
+                dir.join("remote").display()
+            ),
+        )
+    })
+    .await;
+    let remote = d.dir.path().join("remote");
+    assert!(
+        d.wait_log("Reading the journal, polling", 1, WAIT).await,
+        "{}",
+        d.logs()
+    );
+    let on_b: Vec<Entry> = numbered("app.service", 1, 1)
+        .into_iter()
+        .map(|mut e| {
+            e.boot = BOOT_B;
+            e
+        })
+        .collect();
+    write_journal(
+        &remote.join("remote-h1.journal"),
+        &numbered("app.service", 0, 1),
+    );
+    write_journal(&remote.join("remote-h2.journal"), &on_b);
+    write_journal(
+        &remote.join("remote-h1.journal"),
+        &numbered("app.service", 2, 1),
+    );
+    assert!(
+        wait_until(WAIT, || oncall.accepted().len() >= 3).await,
+        "{:?}\n{}",
+        delivered_ns(&oncall),
+        d.logs()
+    );
+    assert!(!wait_until(Duration::from_millis(500), || oncall.accepted().len() > 3).await);
+    assert_exactly_once(&delivered_ns(&oncall), 3);
+    assert_eq!(d.status().await["sources"][0]["files"], 1);
+}

@@ -871,6 +871,8 @@ pub async fn run(
         }
     };
 
+    // Polling: whether the first pass that worked was announced.
+    let mut announced = false;
     'outer: loop {
         if *stop.borrow() {
             break;
@@ -908,7 +910,13 @@ pub async fn run(
         // entries of an earlier boot after the cursor would be skipped), then follow.
         let mut cursor = cursor;
         let mut exited = None;
-        for follow in [false, true] {
+        // Polling: only the catch-up, again every poll_interval.
+        let phases: &[bool] = if src.poll_interval.is_some() {
+            &[false]
+        } else {
+            &[false, true]
+        };
+        for &follow in phases {
             let start = cursor.clone().map_or(Start::Beginning, Start::At);
             let mut reader = Reader::start(
                 &src.journalctl,
@@ -1002,6 +1010,21 @@ pub async fn run(
             drop(reader);
             match end {
                 None => break 'outer,
+                Some((true, _)) if let Some(every) = src.poll_interval => {
+                    if !announced {
+                        tracing::info!(source = name, integration = %src.integration, every = ?every, "Reading the journal, polling.");
+                        announced = true;
+                    }
+                    episode.works(name);
+                    report(&|s| {
+                        s.files = 1;
+                        s.last_error = None;
+                    });
+                    if sleep_or_stop(every, &mut stop).await {
+                        break 'outer;
+                    }
+                    continue 'outer;
+                }
                 // Caught up: now follow from there.
                 Some((true, _)) if !follow => {}
                 Some((_, why)) => {
@@ -1169,6 +1192,7 @@ mod tests {
             journal_directory: None,
             journal_file: Some(PathBuf::from("/x/y.journal")),
             journalctl: PathBuf::from("journalctl"),
+            poll_interval: None,
         }
     }
 
