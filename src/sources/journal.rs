@@ -244,15 +244,23 @@ enum Msg {
 /// One running `journalctl` and its reader thread.
 struct Reader {
     rx: mpsc::Receiver<Msg>,
+    child: Arc<Mutex<Slot>>,
+}
+
+/// The child as the task and the reader thread share it.
+#[derive(Default)]
+struct Slot {
     /// The child while it runs; the thread takes it out before reaping it, so a kill never
     /// reaches a reused pid.
-    child: Arc<Mutex<Option<Child>>>,
+    child: Option<Child>,
+    /// The task asked for it to end: a child the thread spawns after that is killed at once.
+    killed: bool,
 }
 
 impl Reader {
     fn start(program: &Path, args: Vec<OsString>, max_line: usize) -> Reader {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let child = Arc::new(Mutex::new(None));
+        let child = Arc::new(Mutex::new(Slot::default()));
         let slot = child.clone();
         let program = program.to_path_buf();
         let spawned = std::thread::Builder::new()
@@ -274,7 +282,9 @@ impl Reader {
     /// Kills the child (if it still runs); its reader thread then ends on its own.
     fn kill(&self) {
         // Poisoned only if the reader thread panicked, which aborts the release build.
-        if let Some(c) = self.child.lock().expect("journalctl lock").as_mut() {
+        let mut slot = self.child.lock().expect("journalctl lock");
+        slot.killed = true;
+        if let Some(c) = slot.child.as_mut() {
             let _ = c.kill();
         }
     }
@@ -292,7 +302,7 @@ fn read_child(
     args: Vec<OsString>,
     max_line: usize,
     tx: &mpsc::Sender<Msg>,
-    slot: &Mutex<Option<Child>>,
+    slot: &Mutex<Slot>,
 ) {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
@@ -333,8 +343,15 @@ fn read_child(
         let _ = child.wait();
         return;
     };
-    // Poisoned only if this thread panicked before, which aborts the release build.
-    *slot.lock().expect("journalctl lock") = Some(child);
+    {
+        // Poisoned only if this thread panicked before, which aborts the release build.
+        let mut slot = slot.lock().expect("journalctl lock");
+        if slot.killed {
+            // Stopped while it was being spawned: its lines are not wanted.
+            let _ = child.kill();
+        }
+        slot.child = Some(child);
+    }
     let errors = std::thread::Builder::new()
         .name("journalctl-err".into())
         .spawn(move || keep_head(stderr, STDERR_KEEP));
@@ -344,7 +361,7 @@ fn read_child(
             Ok(Some(m)) => {
                 if tx.blocking_send(m).is_err() {
                     // The task is gone (shutdown): nothing reads further.
-                    if let Some(c) = slot.lock().expect("journalctl lock").as_mut() {
+                    if let Some(c) = slot.lock().expect("journalctl lock").child.as_mut() {
                         let _ = c.kill();
                     }
                     break None;
@@ -354,7 +371,7 @@ fn read_child(
             Err(e) => break Some(e),
         }
     };
-    let child = slot.lock().expect("journalctl lock").take();
+    let child = slot.lock().expect("journalctl lock").child.take();
     let status = child.map(|mut c| {
         if read_error.is_some() {
             let _ = c.kill();
