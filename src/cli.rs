@@ -218,6 +218,11 @@ pub struct SendArgs {
     /// Alert text (`message`).
     #[arg(long, short)]
     pub message: Option<String>,
+    /// Read the alert text from this file, or - for standard input (a command's output, such
+    /// as a unit's last journal lines). Bytes that are not UTF-8 are replaced; of a longer
+    /// text only its last 16 KiB are kept.
+    #[arg(long, value_name = "FILE", conflicts_with = "message")]
+    pub message_file: Option<PathBuf>,
     /// Grouping id (`alert_uid`): alerts with the same uid form one alert group, and
     /// `--state ok` with it resolves the group.
     #[arg(long, short)]
@@ -232,7 +237,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub image_url: Option<String>,
     /// Send this JSON object verbatim instead (a file, or - for standard input).
-    #[arg(long, conflicts_with_all = ["title", "message", "uid", "state", "link", "image_url"])]
+    #[arg(long, conflicts_with_all = ["title", "message", "message_file", "uid", "state", "link", "image_url"])]
     pub json: Option<PathBuf>,
     /// Give up waiting for the daemon after this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -302,21 +307,70 @@ pub fn alert_body(args: &SendArgs, max_body: usize) -> Result<Vec<u8>, CliError>
     };
     let mut m = serde_json::Map::new();
     m.insert("title".into(), title.clone().into());
-    let mut put = |k: &str, v: &Option<String>| {
+    let mut put = |k: &str, v: Option<&String>| {
         if let Some(v) = v {
             m.insert(k.into(), v.clone().into());
         }
     };
-    put("message", &args.message);
-    put("alert_uid", &args.uid);
-    put("link_to_upstream_details", &args.link);
-    put("image_url", &args.image_url);
+    let from_file = match &args.message_file {
+        Some(src) => Some(read_message(src).map_err(|e| {
+            CliError::new(exit::DATAERR, format!("cannot read {}: {e}", src.display()))
+        })?),
+        None => None,
+    };
+    put("message", args.message.as_ref().or(from_file.as_ref()));
+    put("alert_uid", args.uid.as_ref());
+    put("link_to_upstream_details", args.link.as_ref());
+    put("image_url", args.image_url.as_ref());
     let state = match args.state {
         Some(AlertState::Ok) => "ok",
         _ => "alerting",
     };
     m.insert("state".into(), state.into());
     Ok(serde_json::to_vec(&m).expect("a JSON map serializes"))
+}
+
+/// Most of a `--message-file` text kept (its end: the last lines of a log matter most).
+pub const MESSAGE_FILE_MAX: usize = 16 * 1024;
+
+/// Reads `--message-file` (`-`: standard input) to its end, keeping its last
+/// [`MESSAGE_FILE_MAX`] bytes, from a line start when there is one, marked as cut.
+fn read_message(src: &std::path::Path) -> std::io::Result<String> {
+    let mut input: Box<dyn Read> = if src.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(src)?)
+    };
+    let mut kept: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * MESSAGE_FILE_MAX {
+            kept.drain(..kept.len() - MESSAGE_FILE_MAX);
+            cut = true;
+        }
+    }
+    if kept.len() > MESSAGE_FILE_MAX {
+        kept.drain(..kept.len() - MESSAGE_FILE_MAX);
+        cut = true;
+    }
+    if cut && let Some(nl) = kept.iter().position(|&b| b == b'\n') {
+        kept.drain(..=nl);
+    }
+    let text = String::from_utf8_lossy(&kept);
+    let text = text.trim_end();
+    Ok(if cut {
+        format!("[earlier lines cut]\n{text}")
+    } else {
+        text.to_string()
+    })
 }
 
 /// `send`.
@@ -1112,6 +1166,20 @@ pub fn assets() -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_file_keeps_the_end_of_a_long_text_from_a_line_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m");
+        std::fs::write(&p, b"short\xff text\n").unwrap();
+        assert_eq!(read_message(&p).unwrap(), "short\u{fffd} text");
+        let long: String = (0..5000).map(|n| format!("line {n}\n")).collect();
+        std::fs::write(&p, &long).unwrap();
+        let m = read_message(&p).unwrap();
+        assert!(m.len() <= MESSAGE_FILE_MAX + 32, "{}", m.len());
+        assert!(m.starts_with("[earlier lines cut]\nline "), "{}", &m[..40]);
+        assert!(m.ends_with("line 4999"));
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

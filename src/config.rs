@@ -258,6 +258,28 @@ enum RawSource {
         path: PathBuf,
         poll_interval: Option<HumanDuration>,
     },
+    Journal {
+        integration: String,
+        name: Option<String>,
+        units: Option<Vec<String>>,
+        identifiers: Option<Vec<String>>,
+        priority: Option<RawPriority>,
+        uid_fields: Option<Vec<String>>,
+        start_at: Option<RawStartAt>,
+        max_line: Option<ByteSize>,
+        journal_directory: Option<PathBuf>,
+        journal_file: Option<PathBuf>,
+        journalctl: Option<PathBuf>,
+        poll_interval: Option<HumanDuration>,
+    },
+}
+
+/// A syslog priority: its number (0-7) or its name ("err").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawPriority {
+    Number(i64),
+    Name(String),
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -540,6 +562,7 @@ pub struct Integration {
 pub enum Source {
     File(FileSource),
     Spool(SpoolSource),
+    Journal(JournalSource),
 }
 
 /// `type = "file"`: lines appended to files become alerts (see `sources::file`).
@@ -591,6 +614,49 @@ pub struct SpoolSource {
     /// Safety-net rescan period, for files inotify did not report. Default 5 s.
     pub poll_interval: Duration,
 }
+
+/// `type = "journal"`: entries of the systemd journal become formatted_webhook alerts (see
+/// `sources::journal`), read through a `journalctl --follow --output=json` child.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalSource {
+    /// Names the source in logs and status, and keys its saved cursor: a source whose name is
+    /// unchanged resumes where it stood, whatever else changed. Default: the integration's name.
+    pub name: String,
+    /// Integration that receives the alerts.
+    pub integration: String,
+    /// Units whose entries are read (`.service` added to a name without a dot): the unit's own
+    /// output, systemd's messages about it and its core dumps, as `journalctl -u` shows.
+    /// With `identifiers`, an entry matching either is read. Default (both empty): every unit.
+    pub units: Vec<String>,
+    /// `SYSLOG_IDENTIFIER`s whose entries are read (`journalctl -t`). Default: none.
+    pub identifiers: Vec<String>,
+    /// Entries of this priority or more urgent are read (0 emerg ... 7 debug). Default 3 (err).
+    pub priority: u8,
+    /// Journal fields which, beside the unit, make an entry's `alert_uid`: entries alike in
+    /// all of them group into one OnCall alert group. Default: none (one group per unit).
+    pub uid_fields: Vec<String>,
+    /// Where the first run starts. Default end: only entries written from then on.
+    pub start_at: StartAt,
+    /// Longest `journalctl` output line read (one entry as JSON), bytes. A longer entry
+    /// becomes a dead letter. Default 64 KiB; at most `queue.max_body`.
+    pub max_line: usize,
+    /// `journalctl --directory`: read the journal files in this folder instead of the
+    /// system's. Default: the system journal.
+    pub journal_directory: Option<PathBuf>,
+    /// `journalctl --file`: read this one journal file instead. Default: the system journal.
+    pub journal_file: Option<PathBuf>,
+    /// The `journalctl` program. Default "journalctl", found in PATH.
+    pub journalctl: PathBuf,
+    /// Read the journal's new entries this often instead of following it: for a
+    /// `journal_directory` holding several hosts' journals, since journalctl 250 to 257
+    /// follows the newest boot only (one host's). Default: follow (entries arrive at once).
+    pub poll_interval: Option<Duration>,
+}
+
+/// Syslog priority names, by number.
+pub const PRIORITY_NAMES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
 
 /// Default longest line of a tailed file.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
@@ -704,7 +770,7 @@ impl Config {
     pub fn spool(&self) -> Option<&SpoolSource> {
         self.sources.iter().find_map(|s| match s {
             Source::Spool(sp) => Some(sp),
-            Source::File(_) => None,
+            Source::File(_) | Source::Journal(_) => None,
         })
     }
 }
@@ -1078,6 +1144,118 @@ impl Validator<'_> {
                         poll_interval: poll(poll_interval)?,
                     }));
                 }
+                RawSource::Journal {
+                    integration,
+                    name,
+                    units,
+                    identifiers,
+                    priority,
+                    uid_fields,
+                    start_at,
+                    max_line,
+                    journal_directory,
+                    journal_file,
+                    journalctl,
+                    poll_interval,
+                } => {
+                    if !integrations.contains(&integration) {
+                        return Err(self.err(
+                            field("integration"),
+                            format!("{integration:?} is not a configured integration"),
+                        ));
+                    }
+                    let name = name.unwrap_or_else(|| integration.clone());
+                    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+                        return Err(self.err(
+                            field("name"),
+                            "must be 1 to 100 characters, none of them a control character",
+                        ));
+                    }
+                    let taken = out
+                        .iter()
+                        .any(|s| matches!(s, Source::Journal(j) if j.name == name));
+                    if taken {
+                        return Err(self.err(
+                            field("name"),
+                            format!(
+                                "{name:?} names another journal source too (it keys the saved cursor): give each journal source its own name"
+                            ),
+                        ));
+                    }
+                    let units = units
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|u| {
+                            journal_value(&u)
+                                .map(|()| {
+                                    if u.contains('.') {
+                                        u.clone()
+                                    } else {
+                                        format!("{u}.service")
+                                    }
+                                })
+                                .map_err(|p| self.err(field("units"), format!("{u:?}: {p}")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let identifiers = identifiers.unwrap_or_default();
+                    for t in &identifiers {
+                        journal_value(t)
+                            .map_err(|p| self.err(field("identifiers"), format!("{t:?}: {p}")))?;
+                    }
+                    let priority = match priority {
+                        None => 3,
+                        Some(RawPriority::Number(n)) if (0..=7).contains(&n) => n as u8,
+                        Some(RawPriority::Name(n)) if PRIORITY_NAMES.contains(&n.as_str()) => {
+                            PRIORITY_NAMES.iter().position(|p| *p == n).unwrap_or(3) as u8
+                        }
+                        Some(_) => {
+                            return Err(self.err(
+                                field("priority"),
+                                "must be 0 to 7 or one of emerg, alert, crit, err, warning, notice, info, debug",
+                            ));
+                        }
+                    };
+                    let uid_fields = uid_fields.unwrap_or_default();
+                    if uid_fields.len() > 16 || uid_fields.iter().any(|f| !journal_field_name(f)) {
+                        return Err(self.err(
+                            field("uid_fields"),
+                            "at most 16 journal field names, each of upper-case letters, digits and _ (such as \"MESSAGE\" or \"_EXE\")",
+                        ));
+                    }
+                    let max_line = max_line.map_or(DEFAULT_MAX_LINE as u64, |b| b.0);
+                    if max_line < 1024 || max_line > queue.max_body as u64 {
+                        return Err(self.err(
+                            field("max_line"),
+                            format!(
+                                "must be between 1 KiB and queue.max_body ({} bytes)",
+                                queue.max_body
+                            ),
+                        ));
+                    }
+                    if journal_directory.is_some() && journal_file.is_some() {
+                        return Err(self.err(
+                            field("journal_file"),
+                            "give journal_directory or journal_file, not both",
+                        ));
+                    }
+                    out.push(Source::Journal(JournalSource {
+                        name,
+                        integration,
+                        units,
+                        identifiers,
+                        priority,
+                        uid_fields,
+                        start_at: match start_at {
+                            Some(RawStartAt::Beginning) => StartAt::Beginning,
+                            _ => StartAt::End,
+                        },
+                        max_line: max_line as usize,
+                        journal_directory: journal_directory.map(|p| self.relative(&p)),
+                        journal_file: journal_file.map(|p| self.relative(&p)),
+                        journalctl: journalctl.unwrap_or_else(|| PathBuf::from("journalctl")),
+                        poll_interval: poll_interval.map(|_| poll(poll_interval)).transpose()?,
+                    }));
+                }
             }
         }
         Ok(out)
@@ -1313,6 +1491,32 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Splits a tailed path into its folder (no wildcards: it is what is watched) and the
 /// pattern its files' names must match.
+/// A value a journal match can hold on the `journalctl` command line: journalctl would read
+/// `+` as "or", and globs or an `=` as something else than the name.
+fn journal_value(v: &str) -> Result<(), &'static str> {
+    if v.is_empty() || v.len() > 256 {
+        return Err("must be 1 to 256 characters");
+    }
+    if v == "+"
+        || v.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "=*?[]".contains(c))
+    {
+        return Err(
+            "must not be \"+\" nor hold spaces, control characters, \"=\" or a glob (*?[]): list each name",
+        );
+    }
+    Ok(())
+}
+
+/// A journal field name as journald allows them (`journalctl --output-fields` takes it).
+fn journal_field_name(f: &str) -> bool {
+    !f.is_empty()
+        && f.len() <= 64
+        && !f.starts_with(|c: char| c.is_ascii_digit())
+        && f.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
 fn split_file_pattern(path: &Path) -> Result<(PathBuf, glob::Pattern), String> {
     let wild = |s: &str| s.contains(['*', '?', '[']);
     let name = path
@@ -1721,6 +1925,82 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
         );
         let e = parse(&two).unwrap_err().to_string();
         assert!(e.contains("source[1]") && e.contains("one spool"), "{e}");
+    }
+
+    #[test]
+    fn journal_sources_parse_with_defaults_and_name_bad_fields() {
+        let c = parse(&format!(
+            "{MIN}\n[[source]]\ntype = \"journal\"\nintegration = \"db-prod\"\nunits = [\"nginx\", \"boot.mount\"]\npriority = \"warning\"\n"
+        ))
+        .unwrap();
+        let Source::Journal(j) = &c.sources[0] else {
+            panic!("{:?}", c.sources)
+        };
+        assert_eq!(j.name, "db-prod");
+        assert_eq!(j.units, ["nginx.service", "boot.mount"]);
+        assert_eq!(j.priority, 4);
+        assert_eq!(j.start_at, StartAt::End);
+        assert_eq!(j.max_line, 64 * 1024);
+        assert_eq!(j.journalctl, Path::new("journalctl"));
+        assert!(c.spool().is_none());
+
+        let bad = |extra: &str| {
+            parse(&format!(
+                "{MIN}\n[[source]]\ntype = \"journal\"\nintegration = \"db-prod\"\n{extra}\n"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        for (extra, field) in [
+            ("priority = 8", "source[0].priority"),
+            ("priority = \"loud\"", "source[0].priority"),
+            ("units = [\"ngin*\"]", "source[0].units"),
+            ("identifiers = [\"+\"]", "source[0].identifiers"),
+            ("uid_fields = [\"message\"]", "source[0].uid_fields"),
+            ("max_line = 10", "source[0].max_line"),
+            (
+                "journal_file = \"/a\"\njournal_directory = \"/b\"",
+                "source[0].journal_file",
+            ),
+            ("bogus = 1", "bogus"),
+        ] {
+            let e = bad(extra);
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        let e = bad("[[source]]\ntype = \"journal\"\nintegration = \"db-prod\"");
+        assert!(
+            e.contains("source[1].name") && e.contains("own name"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\ntype = \"journal\"\nintegration = \"nope\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("source[0].integration"), "{e}");
+    }
+
+    #[test]
+    fn the_commented_journal_example_parses_once_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("# [[source]]\n# type = \"journal\"")
+            .expect("the example config shows a journal source");
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                *l == "[[source]]"
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("{MIN}\n{block}")).unwrap();
+        assert!(matches!(c.sources[0], Source::Journal(_)), "{block}");
     }
 
     #[test]

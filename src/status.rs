@@ -84,14 +84,15 @@ pub struct IntegrationReport {
     pub sender: SenderStatus,
 }
 
-/// One `[[source]]` (a tailed path or the spool folder) as `/v1/status` shows it.
+/// One `[[source]]` (a tailed path, the spool folder, a journal source) as `/v1/status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SourceStatus {
-    /// "file" or "spool".
+    /// "file", "spool" or "journal".
     pub kind: String,
-    /// The path as configured.
+    /// The path as configured (a journal source: its name).
     pub path: String,
-    /// Files being followed (file) or waiting to be read (spool).
+    /// Files being followed (file) or waiting to be read (spool); a journal source: 1 while
+    /// its journalctl runs, else 0.
     pub files: u64,
     /// Alerts it put in the queue since start.
     pub alerts_total: u64,
@@ -378,10 +379,15 @@ impl StatusReport {
             );
         }
         for src in &self.sources {
+            let files = match (src.kind.as_str(), src.files) {
+                ("journal", 0) => "journalctl not running".to_string(),
+                ("journal", _) => "journalctl running".to_string(),
+                (_, n) => format!("{n} files"),
+            };
             let _ = write!(
                 s,
-                "source {} {}: {} files, {} alerts queued, {} refused",
-                src.kind, src.path, src.files, src.alerts_total, src.refused_total
+                "source {} {}: {files}, {} alerts queued, {} refused",
+                src.kind, src.path, src.alerts_total, src.refused_total
             );
             if let Some(r) = &src.last_refused {
                 let _ = write!(s, " (latest: {r})");

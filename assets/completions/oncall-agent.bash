@@ -689,7 +689,7 @@ _oncall__agent() {
             return 0
             ;;
         oncall__subcmd__agent__subcmd__send)
-            opts="-i -t -m -u -c -h --integration --title --message --uid --state --link --image-url --json --timeout --config --help"
+            opts="-i -t -m -u -c -h --integration --title --message --message-file --uid --state --link --image-url --json --timeout --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -716,6 +716,10 @@ _oncall__agent() {
                     return 0
                     ;;
                 -m)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --message-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

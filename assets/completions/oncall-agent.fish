@@ -43,6 +43,7 @@ complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand run" -s h -l h
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s i -l integration -d 'The integration\'s local name (from the config)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s t -l title -d 'Alert title (formatted_webhook `title`)' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s m -l message -d 'Alert text (`message`)' -r
+complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l message-file -d 'Read the alert text from this file, or - for standard input (a command\'s output, such as a unit\'s last journal lines). Bytes that are not UTF-8 are replaced; of a longer text only its last 16 KiB are kept' -r -F
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -s u -l uid -d 'Grouping id (`alert_uid`): alerts with the same uid form one alert group, and `--state ok` with it resolves the group' -r
 complete -c oncall-agent -n "__fish_oncall_agent_using_subcommand send" -l state -d '`alerting` or `ok` (any case; also PROBLEM/RECOVERY, and Zabbix\'s 1/0)' -r -f -a "alerting\t'Also `problem` (Nagios/Icinga notification type) and `1` (Zabbix {EVENT.VALUE})'
 ok\t'Also `recovery` (Nagios/Icinga), `resolved` and `0` (Zabbix {EVENT.VALUE})'"

@@ -6,11 +6,14 @@
 //!   position is committed in the same atomic write as the alerts read up to it.
 //! - [`spool`]: `[[source]] type = "spool"`, one alert per file dropped in a folder; also where
 //!   `send` leaves an alert when the daemon does not answer.
+//! - [`journal`]: `[[source]] type = "journal"`, systemd journal entries read through a
+//!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
 //! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
 
 pub mod admin;
 pub mod file;
 pub mod http;
+pub mod journal;
 pub mod spool;
 pub mod watch;
 
@@ -51,6 +54,13 @@ pub fn start(
                 sp.clone(),
                 integrations.clone(),
                 ingest.for_source("spool"),
+                config.queue.max_body,
+                stop.clone(),
+                board.clone(),
+            )),
+            Source::Journal(j) => tokio::spawn(journal::run(
+                j.clone(),
+                ingest.for_source("journal"),
                 config.queue.max_body,
                 stop.clone(),
                 board.clone(),
