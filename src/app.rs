@@ -130,7 +130,8 @@ pub async fn run_with(
     if step != 0 {
         tracing::warn!(
             "The wall clock moved {}s while the agent was down (same boot); the agent's clock continues from where it stood, so rate-limit budgets stay true to real time. Times it shows are off by that much until the next reboot.",
-            step / 1000
+            // Rounded: the wall and boot clocks are read a moment apart.
+            (step as f64 / 1000.0).round() as i64
         );
     }
     let depth: u64 = store.depths().values().map(|d| d.alerts).sum();

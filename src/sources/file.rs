@@ -1235,8 +1235,9 @@ async fn commit_meta(
     }
 }
 
-/// Dead letters for refused lines, stamped `now` (the daemon's clock, injected in tests).
-fn dead_letters(
+/// Dead letters for refused lines (or journal entries), stamped `now` (the daemon's clock,
+/// injected in tests).
+pub(crate) fn dead_letters(
     store: &Store,
     integration: &str,
     refused: &[Refused],

@@ -50,11 +50,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::file::{DEAD_PREFIX, Refused, say_again, sleep_or_stop};
+use super::file::{DEAD_PREFIX, Refused, dead_letters, say_again, sleep_or_stop};
 use crate::config::{JournalSource, PRIORITY_NAMES, StartAt};
-use crate::queue::Store;
 use crate::queue::envelope::key_hash;
-use crate::queue::store::{DeadLetter, META_PREFIX, MetaEntry};
+use crate::queue::store::{META_PREFIX, MetaEntry};
 use crate::queue::writer::{Alert, Ingest, IngestError};
 use crate::status::SourceBoard;
 
@@ -750,26 +749,6 @@ fn lossy_prefix(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(DEAD_PREFIX)]).into_owned()
 }
 
-fn dead_letters(store: &Store, integration: &str, refused: &[Refused]) -> Vec<DeadLetter> {
-    let now = crate::clock::Clock::system().now();
-    let first = store.reserve_seq(refused.len() as u64);
-    refused
-        .iter()
-        .zip(first..)
-        .map(|(r, id)| DeadLetter {
-            id,
-            integration: integration.to_string(),
-            received_at: now,
-            failed_at: now,
-            attempts: 0,
-            status: 0,
-            reason: r.reason.clone(),
-            response: String::new(),
-            payload: r.payload.clone(),
-        })
-        .collect()
-}
-
 /// A run of journalctl failures, logged once.
 struct Episode {
     /// The failure was logged and not yet followed by a working journalctl.
@@ -849,6 +828,7 @@ pub async fn run(
     max_body: usize,
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
+    clock: crate::clock::Clock,
 ) {
     let report = crate::status::source_reporter(board, "journal", Path::new(&src.name));
     report(&|_| {});
@@ -1002,7 +982,7 @@ pub async fn run(
                     .filter(|i| i.cursor.is_none() || i.cursor != start.cursor())
                     .collect();
                 if !items.is_empty() {
-                    match commit_items(&src, &ingest, &store, items, &report, &mut said, &mut stop)
+                    match commit_items(&src, &ingest, items, &report, &mut said, &mut stop, clock)
                         .await
                     {
                         Some(Some(c)) => {
@@ -1070,16 +1050,17 @@ pub async fn run(
 async fn commit_items(
     src: &JournalSource,
     ingest: &Ingest,
-    store: &Arc<Store>,
     mut items: Vec<Item>,
     report: &impl Fn(&dyn Fn(&mut crate::status::SourceStatus)),
     said: &mut Option<(std::mem::Discriminant<IngestError>, Instant)>,
     stop: &mut watch::Receiver<bool>,
+    clock: crate::clock::Clock,
 ) -> Option<Option<String>> {
     let name = src.name.as_str();
+    let store = ingest.store();
     let refused: Vec<Refused> = items.iter_mut().filter_map(|i| i.refused.take()).collect();
     while !refused.is_empty() {
-        let dls = dead_letters(store, &src.integration, &refused);
+        let dls = dead_letters(store, &src.integration, &refused, clock.now());
         let st = store.clone();
         match tokio::task::spawn_blocking(move || st.put_dead(&dls)).await {
             Ok(Ok(())) => {

@@ -64,6 +64,7 @@ pub fn start(
                 config.queue.max_body,
                 stop.clone(),
                 board.clone(),
+                clock,
             )),
         })
         .collect()
