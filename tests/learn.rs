@@ -9,6 +9,7 @@ mod sim;
 use std::collections::BTreeMap;
 
 use oncall_agent::clock::Millis;
+use oncall_agent::sender::learn::WIDEST_FIRST;
 use proptest::prelude::*;
 use sim::*;
 
@@ -42,12 +43,12 @@ fn at_most_one_after_the_first(m: &BTreeMap<u64, usize>) -> Result<(), String> {
     }
 }
 
-/// The OnCall window (by `phase`) in which the agent could first see a reset of this scope: a
-/// refused request answered, then an accepted one answered less than a window after the
-/// refused one was sent.
+/// The OnCall window (by `phase`) in which the agent could first see a reset of this scope,
+/// by its own rule (src/sender/learn.rs): a refused request, then an accepted one sent after
+/// the refused one's answer and answered at most `WIDEST_FIRST` after the refused one's send.
 fn first_seen_reset(hits: &[Hit], scope: Option<&str>, phase: Millis) -> Option<u64> {
     let of_scope = |h: &&Hit| scope.is_none_or(|n| h.integration == n);
-    let mut refused: Option<Millis> = None;
+    let mut refused: Option<(Millis, Millis)> = None;
     let mut sorted: Vec<&Hit> = hits
         .iter()
         .filter(of_scope)
@@ -55,13 +56,15 @@ fn first_seen_reset(hits: &[Hit], scope: Option<&str>, phase: Millis) -> Option<
         .collect();
     sorted.sort_by_key(|h| h.done);
     for h in sorted {
+        let done = h.done.unwrap();
         let mine = h.status == 429 && scope.is_some() != h.org_limited;
         if mine {
-            refused = Some(refused.map_or(h.sent, |r| r.max(h.sent)));
+            refused = Some(refused.map_or((h.sent, done), |(s, u)| (s.max(h.sent), u.max(done))));
         } else if h.status == 200
-            && let Some(r) = refused
+            && let Some((s, u)) = refused
+            && h.sent >= u
         {
-            if h.done.unwrap() - r < W && h.sent >= r {
+            if done - s <= WIDEST_FIRST {
                 return Some((h.arrived.unwrap() + phase) / W);
             }
             refused = None;

@@ -35,6 +35,10 @@ pub const WINDOW: Millis = 300_000;
 pub const CLEAN_BEFORE_RAISE: u32 = 3;
 /// A reset bracket at most this wide is not bisected further: the round trip blurs it anyway.
 pub const PRECISE: Millis = 1_000;
+/// A first reset bracket wider than this is not taken (a pause held long by another scope's
+/// budget says little): while the limit is unknown nothing is sent inside a predicted reset,
+/// so a wide one would starve the scope. Probing every 15 s gives brackets of ~15 s.
+pub const WIDEST_FIRST: Millis = 60_000;
 /// Requests remembered per scope (for counting per window); older ones cannot matter.
 const KEEP: Millis = 3 * WINDOW;
 
@@ -70,8 +74,8 @@ struct Req {
 #[derive(Debug, Default)]
 struct ScopeState {
     learned: Learned,
-    /// Send time of the latest request refused since the last accepted one.
-    refused_since: Option<Millis>,
+    /// The latest send and answer times of the requests refused since the last accepted one.
+    refused_since: Option<(Millis, Millis)>,
     reqs: Vec<Req>,
     /// The predicted reset (by index) already probed.
     probed: Option<i64>,
@@ -139,7 +143,7 @@ impl Learned {
 
     /// Narrows the reset bracket with a new one, `(lo, hi]` (a reset surely lies in it).
     fn narrow(&mut self, lo: Millis, hi: Millis) {
-        if hi <= lo || hi - lo >= WINDOW {
+        if hi <= lo || hi - lo >= WINDOW || (self.reset.is_none() && hi - lo > WIDEST_FIRST) {
             return;
         }
         let new = match self.reset {
@@ -466,11 +470,14 @@ impl Learner {
         };
         match seen {
             Seen::Accepted => {
-                if let Some(s) = st.refused_since.take()
-                    && r.sent >= s
+                // Only a request sent after the refused one's answer surely arrived after it
+                // (round trips vary: a later request can overtake an earlier one). Then a reset
+                // lies between the refused one's send and this answer, and this request is in
+                // the window it began.
+                if let Some((s, u)) = st.refused_since
+                    && r.sent >= u
                 {
-                    // A reset lies between the refused request's send and this answer, and
-                    // this request is in the window it began.
+                    st.refused_since = None;
                     st.learned.narrow(s, r.until);
                     st.reqs[i].window = match st.learned.pos(r.sent) {
                         Some(Pos::In(k) | Pos::Reset(k)) => Some(k),
@@ -491,7 +498,10 @@ impl Learner {
                 }
             }
             Seen::Refused => {
-                st.refused_since = Some(st.refused_since.map_or(r.sent, |s| s.max(r.sent)));
+                st.refused_since = Some(
+                    st.refused_since
+                        .map_or((r.sent, r.until), |(s, u)| (s.max(r.sent), u.max(r.until))),
+                );
                 match st.learned.pos(r.sent) {
                     // A probe inside a predicted reset, refused: the reset was after its send.
                     Some(Pos::Reset(k)) => {
