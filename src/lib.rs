@@ -5,12 +5,15 @@
 //!
 //! ```text
 //!  tools ──HTTP (unix/tcp)── sources::http ──┐
-//!  scripts ── `send` CLI ─── (cli, local) ───┴─> queue::Ingest ─> queue::writer ─> sled
-//!                                                (bounded)        (group commit,  (queue::store)
+//!  scripts ── `send` CLI ─── (cli, local) ───┤
+//!  files, spool, journal ─── sources::{file, ┴─> queue::Ingest ─> queue::writer ─> sled
+//!                          spool, journal}       (bounded)        (group commit,  (queue::store)
 //!                                                                  one fsync)          │
 //!  OnCall <── sender::client <── sender::dispatcher <── sender::limiter ───────────────┘
-//!             (HTTP only)        (order per key, retry,  (N per window, counted
-//!                                 pause on 429, acks)     where OnCall counts)
+//!             (HTTP only, no     (order per key, retry,  (N per window, counted
+//!              redirects)         pause on 429, acks)     where OnCall counts)
+//!                                        └── sender::learn (OnCall's real windows,
+//!                                            learned from its 429s)
 //! ```
 //!
 //! - An alert is answered `202` only once it is in sled and the db file is fsynced.
