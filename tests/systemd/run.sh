@@ -45,8 +45,8 @@ log() { printf '%s\n' "$*"; }
 fail() {
     log "FAILED: step \"$step_name\": $*"
     if [ -n "$leader" ]; then
-        log "--- journal of oncall-agent in the box (last 40 lines):"
-        box_sh 'journalctl --no-pager -n 40 -u oncall-agent.service -u oncall-agent.socket' || true
+        log "--- journal of oncall-agent, its notify instances and flaky.service in the box (last 40 lines):"
+        box_sh "journalctl --no-pager -n 40 -u oncall-agent.service -u oncall-agent.socket -u 'oncall-agent-notify@*' -u flaky.service" || true
     fi
     log "systemd-box: $passed passed, 1 failed"
     exit 1
@@ -376,6 +376,103 @@ exposure=$(box systemd-analyze security oncall-agent.service | sed -n 's/.*Overa
 [ -n "$exposure" ] || fail "systemd-analyze security printed no exposure level"
 log "   exposure $exposure"
 awk -v e="$exposure" 'BEGIN { exit !(e <= 2.0) }' || fail "exposure $exposure is above 2.0"
+ok
+
+# oncall-agent-notify@.service (shipped, neither enabled nor started): a unit that fails is
+# reported with its result and its journal lines, and resolved once when it works again. What
+# an admin does (notes on issue 16): a drop-in giving the template the box config's integration,
+# and OnFailure=/OnSuccess= on the watched unit, here a oneshot that fails while /run/flaky-fail
+# exists. The alerts are the stand-in's log lines with alert_uid systemd-unit:flaky.service.
+notify=oncall-agent-notify@flaky.service.service
+flaky_alerts() { box cat /var/log/fake-oncall.log | grep -F '"alert_uid":"systemd-unit:flaky.service"' || true; }
+flaky_alert_count() { flaky_alerts | wc -l; }
+flaky_alert_in() { flaky_alerts | grep -qF "\"state\":\"$1\""; }
+# The instance's runs, from PID1's messages about it (UNIT=): its "Deactivated successfully"
+# (Result=success) and "Failed with result" entries. Not `systemctl show`: the instance is
+# unloaded (garbage-collected) once it is inactive, and its Result is then forgotten.
+notify_msgs() { box journalctl --no-pager -o cat "UNIT=$notify" "MESSAGE_ID=$1" | wc -l; }
+notify_ok_runs() { notify_msgs 7ad2d189f7e94e70a38c781354912448; }
+notify_failed_runs() { notify_msgs d9b373ed55a64feb8242e02dbe79a49c; }
+notify_run_ended() { [ $(($(notify_ok_runs) + $(notify_failed_runs))) -ge "$1" ]; }
+notify_succeeded() {
+    [ "$(notify_failed_runs)" = 0 ] && [ "$(notify_ok_runs)" = "$1" ] ||
+        fail "$(printf '%s: %s runs ended in success, %s in failure, want %s and 0; its journal:\n%s' "$notify" \
+            "$(notify_ok_runs)" "$(notify_failed_runs)" "$1" "$(box journalctl --no-pager -n 30 -u "$notify")")"
+}
+
+step "a failed unit is reported by oncall-agent-notify@.service with its journal lines, and resolved once"
+# Installed by the package as a unit file, neither enabled nor with an instance started.
+state=$(box systemctl list-unit-files --no-legend oncall-agent-notify@.service | awk '{ print $2 }')
+case "$state" in static | disabled) ;; *) fail "oncall-agent-notify@.service is not a unit file that is neither enabled nor missing (state: \"$state\")" ;; esac
+instances=$(box systemctl list-units --all --no-legend 'oncall-agent-notify@*')
+[ -z "$instances" ] || fail "the package left instances of the template loaded: $instances"
+box mkdir -p /etc/systemd/system/oncall-agent-notify@.service.d
+box_sh 'printf "[Service]\nEnvironment=ONCALL_AGENT_NOTIFY_INTEGRATION=db-prod\n" >/etc/systemd/system/oncall-agent-notify@.service.d/10-integration.conf'
+box_sh "cat >/etc/systemd/system/flaky.service" <<'UNIT'
+[Unit]
+Description=a job that fails while /run/flaky-fail exists
+OnFailure=oncall-agent-notify@%n.service
+OnSuccess=oncall-agent-notify@%n.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "flaky: checking"; if [ -e /run/flaky-fail ]; then echo "<3>flaky: broken" >&2; exit 3; fi'
+UNIT
+box systemctl daemon-reload
+[ "$(flaky_alert_count)" = 0 ] || fail "alerts for flaky.service arrived before it ran"
+# 1. It fails: one alerting alert, titled with the unit and its result, its lines in the message.
+box touch /run/flaky-fail
+box systemctl start flaky.service 2>/dev/null && fail "flaky.service succeeded with /run/flaky-fail present"
+wait_for 30 "the end of $notify's run after the failure" notify_run_ended 1
+notify_succeeded 1
+wait_for 30 "an alerting alert with alert_uid systemd-unit:flaky.service" flaky_alert_in alerting
+alert=$(flaky_alerts | grep -F '"state":"alerting"')
+log "   $alert" | cut -c1-400
+[ "$(flaky_alert_count)" = 1 ] || fail "$(printf 'the failure sent %s alerts, not 1:\n%s' "$(flaky_alert_count)" "$(flaky_alerts)")"
+case "$alert" in formatted_webhook:*) ;; *) fail "the alert did not go to db-prod's formatted_webhook URL: $alert" ;; esac
+grep -qF '"title":"flaky.service failed (exit-code)"' <<<"$alert" || fail "the title is not \"flaky.service failed (exit-code)\": $alert"
+# No exit status: with both OnFailure= and OnSuccess= naming the instance, systemd sets no
+# $MONITOR_*, and the template asks systemctl for the result.
+grep -qF 'flaky.service failed on oncall-box: exit-code' <<<"$alert" ||
+    fail "the message does not give the unit, the host and the result: $alert"
+# The unit's own lines come from journalctl run as the instance's dynamic user (group
+# systemd-journal): they prove it may read the journal.
+{ grep -qF 'flaky: checking' <<<"$alert" && grep -qF 'flaky: broken' <<<"$alert"; } ||
+    fail "the message does not hold flaky.service's journal lines (journalctl as the notify instance's user): $alert"
+if grep -qiE 'permission denied|not permitted|no journal files|not seeing messages' <<<"$alert"; then
+    fail "journalctl complained in the alert's message: $alert"
+fi
+# 2. It works again: one ok alert, after the alerting one, resolving the group.
+box rm /run/flaky-fail
+box systemctl start flaky.service || fail "flaky.service failed without /run/flaky-fail"
+wait_for 30 "the end of $notify's run after the recovery" notify_run_ended 2
+notify_succeeded 2
+wait_for 30 "an ok alert with alert_uid systemd-unit:flaky.service" flaky_alert_in ok
+[ "$(flaky_alert_count)" = 2 ] || fail "$(printf 'after the recovery there are %s alerts, not 2:\n%s' "$(flaky_alert_count)" "$(flaky_alerts)")"
+flaky_alerts | tail -n 1 | grep -qF '"state":"ok"' || fail "$(printf 'the ok alert is not the last one:\n%s' "$(flaky_alerts)")"
+# 3. It succeeds again: the instance runs and sends nothing. An alert posted after that run is
+# delivered after anything the run could have queued for the same integration.
+box systemctl start flaky.service || fail "flaky.service failed on its second success"
+wait_for 30 "the end of $notify's run after the second success" notify_run_ended 3
+notify_succeeded 3
+code=$(post_unix after-flaky) || fail "POST of the marker alert failed (curl)"
+[ "$code" = 202 ] || fail "POST of the marker alert answered $code"
+wait_for 30 "delivery of the marker alert posted after the third run" delivered after-flaky
+[ "$(flaky_alert_count)" = 2 ] ||
+    fail "$(printf 'a success after the recovery sent an alert again (%s in all):\n%s' "$(flaky_alert_count)" "$(flaky_alerts)")"
+if box journalctl --no-pager -u "$notify" | grep -E 'Permission denied|Operation not permitted'; then
+    fail "$notify logged the lines above"
+fi
+ok
+
+step "systemd-analyze security (online) of a notify instance <= 2.0"
+exposure=$(box systemd-analyze security "$notify" | sed -n "s/.*Overall exposure level for $notify: \([0-9.]*\).*/\1/p")
+[ -n "$exposure" ] || fail "systemd-analyze security printed no exposure level for $notify"
+log "   exposure $exposure"
+awk -v e="$exposure" 'BEGIN { exit !(e <= 2.0) }' || fail "exposure $exposure of $notify is above 2.0"
+# The test's unit and drop-in go before the purge, which compares the files with the boot's.
+box rm -r /etc/systemd/system/flaky.service /etc/systemd/system/oncall-agent-notify@.service.d
+box systemctl daemon-reload
 ok
 
 step "dpkg --purge leaves only what Debian keeps"
