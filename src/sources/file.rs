@@ -996,6 +996,17 @@ fn to_alert(
             (payload, key_hash(Some(uid.as_bytes()), b""))
         }
     };
+    bounded_alert(&src.integration, payload, key, max_body)
+}
+
+/// An alert for `integration`, or why its payload is over `queue.max_body` (the file and
+/// journal sources build their own payloads, so they check what the HTTP source's limit does).
+pub(crate) fn bounded_alert(
+    integration: &str,
+    payload: Vec<u8>,
+    key_hash: u64,
+    max_body: usize,
+) -> Result<Alert, String> {
     if payload.len() > max_body {
         return Err(format!(
             "the alert would be {} bytes, larger than queue.max_body ({max_body})",
@@ -1003,9 +1014,9 @@ fn to_alert(
         ));
     }
     Ok(Alert {
-        integration: src.integration.clone(),
+        integration: integration.to_string(),
         payload,
-        key_hash: key,
+        key_hash,
     })
 }
 

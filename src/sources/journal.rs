@@ -50,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::file::{DEAD_PREFIX, Refused, dead_letters, say_again, sleep_or_stop};
+use super::file::{DEAD_PREFIX, Refused, bounded_alert, dead_letters, say_again, sleep_or_stop};
 use crate::config::{JournalSource, PRIORITY_NAMES, StartAt};
 use crate::queue::envelope::key_hash;
 use crate::queue::store::{META_PREFIX, MetaEntry};
@@ -676,17 +676,12 @@ fn to_alert(src: &JournalSource, f: &Fields, max_body: usize) -> Result<Alert, S
         "journal": journal,
     });
     let payload = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    if payload.len() > max_body {
-        return Err(format!(
-            "the alert would be {} bytes, larger than queue.max_body ({max_body})",
-            payload.len()
-        ));
-    }
-    Ok(Alert {
-        integration: src.integration.clone(),
+    bounded_alert(
+        &src.integration,
         payload,
-        key_hash: key_hash(Some(uid.as_bytes()), b""),
-    })
+        key_hash(Some(uid.as_bytes()), b""),
+        max_body,
+    )
 }
 
 /// One entry read, ready to commit.
