@@ -690,10 +690,18 @@ fn with_inherited_socket(d: &Daemon, fd: std::os::fd::RawFd) -> Command {
         .args(["run", "--config"])
         .arg(&d.config_path)
         .env("RUST_LOG", "oncall_agent=debug,info");
-    // SAFETY: dup2 is async-signal-safe; the child only execs after it.
+    // SAFETY: dup2 and fcntl are async-signal-safe; the child only execs after them.
     unsafe {
         c.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // When the held socket already is fd 3 (a test process with few files open),
+            // dup2(3, 3) does nothing and fd 3 keeps its close-on-exec flag: clear it, or
+            // the daemon gets no socket (it then binds itself, and this test hung).
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

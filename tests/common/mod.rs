@@ -393,7 +393,12 @@ impl Daemon {
             .unwrap();
         self.child = Some(child);
         let url = format!("http://{}/healthz", self.tcp);
-        let client = reqwest::Client::new();
+        // Each try bounded: a listener that accepts but never answers (a socket the test
+        // itself holds) must fail the deadline below, not hang the test.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
         let ready = {
             let end = Instant::now() + Duration::from_secs(20);
             loop {
