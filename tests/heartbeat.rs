@@ -56,6 +56,25 @@ fn delivery() -> oncall_agent::config::Delivery {
     }
 }
 
+/// Integration "a" with budget `rate` and a heartbeat every minute; the org at 500/5m.
+fn with_heartbeat(rate: &str) -> SenderConfig {
+    let url = reqwest::Url::parse("http://oncall.invalid/integrations/v1/webhook/T/").unwrap();
+    SenderConfig {
+        delivery: delivery(),
+        org: "500/5m".parse::<Rate>().unwrap(),
+        targets: vec![Target {
+            name: "a".into(),
+            url: Secret::new(url.clone()),
+            redacted_url: String::new(),
+            rate: rate.parse().unwrap(),
+            heartbeat: Some((
+                Duration::from_secs(60),
+                Secret::new(oncall_agent::config::heartbeat_url(&url)),
+            )),
+        }],
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn heartbeats_go_first_and_spend_the_integrations_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,21 +94,7 @@ async fn heartbeats_go_first_and_spend_the_integrations_budget() {
         })
         .collect();
     store.append(&rows, &[]).unwrap();
-    let url = reqwest::Url::parse("http://oncall.invalid/integrations/v1/webhook/T/").unwrap();
-    let cfg = SenderConfig {
-        delivery: delivery(),
-        org: "500/5m".parse::<Rate>().unwrap(),
-        targets: vec![Target {
-            name: "a".into(),
-            url: Secret::new(url.clone()),
-            redacted_url: String::new(),
-            rate: "5/5m".parse().unwrap(),
-            heartbeat: Some((
-                Duration::from_secs(60),
-                Secret::new(oncall_agent::config::heartbeat_url(&url)),
-            )),
-        }],
-    };
+    let cfg = with_heartbeat("5/5m");
     let rec = Recorder::default();
     let d = Dispatcher::new(
         store,
@@ -164,21 +169,7 @@ impl Transport for LimitsHeartbeats {
 async fn a_429_on_a_heartbeat_is_counted_and_pauses_as_the_integrations() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(&dir.path().join("q"), 8 << 20).unwrap();
-    let url = reqwest::Url::parse("http://oncall.invalid/integrations/v1/webhook/T/").unwrap();
-    let cfg = SenderConfig {
-        delivery: delivery(),
-        org: "500/5m".parse::<Rate>().unwrap(),
-        targets: vec![Target {
-            name: "a".into(),
-            url: Secret::new(url.clone()),
-            redacted_url: String::new(),
-            rate: "300/5m".parse().unwrap(),
-            heartbeat: Some((
-                Duration::from_secs(60),
-                Secret::new(oncall_agent::config::heartbeat_url(&url)),
-            )),
-        }],
-    };
+    let cfg = with_heartbeat("300/5m");
     let board: oncall_agent::status::SharedBoard = Arc::default();
     let d = Dispatcher::new(
         Arc::new(store),

@@ -138,23 +138,6 @@ fn delivered_ns(oncall: &FakeOnCall) -> Vec<i64> {
     ns(bodies.iter().map(|b| &b["title"]))
 }
 
-fn assert_exactly_once(ns: &[i64], count: usize) {
-    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
-    for n in ns {
-        *seen.entry(*n).or_default() += 1;
-    }
-    let missing: Vec<usize> = (0..count)
-        .filter(|n| !seen.contains_key(&(*n as i64)))
-        .collect();
-    let repeated: Vec<(&i64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(
-        missing.is_empty() && repeated.is_empty() && seen.len() == count,
-        "missing {:?}, repeated {:?} (of {count})",
-        &missing[..missing.len().min(20)],
-        &repeated[..repeated.len().min(20)]
-    );
-}
-
 /// Waits until the first source's journalctl runs (status shows it).
 async fn wait_running(d: &Daemon) {
     assert!(

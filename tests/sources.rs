@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,24 +43,6 @@ fn delivered_ns(oncall: &FakeOnCall) -> Vec<i64> {
         .iter()
         .filter_map(|r| r.body["n"].as_i64())
         .collect()
-}
-
-/// Asserts every n in `0..count` arrived exactly once.
-fn assert_exactly_once(ns: &[i64], count: usize) {
-    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
-    for n in ns {
-        *seen.entry(*n).or_default() += 1;
-    }
-    let missing: Vec<usize> = (0..count)
-        .filter(|n| !seen.contains_key(&(*n as i64)))
-        .collect();
-    let repeated: Vec<(&i64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(
-        missing.is_empty() && repeated.is_empty() && seen.len() == count,
-        "missing {:?}, repeated {:?} (of {count})",
-        &missing[..missing.len().min(20)],
-        &repeated[..repeated.len().min(20)]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

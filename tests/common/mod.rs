@@ -243,6 +243,24 @@ async fn alert(
     r
 }
 
+/// Asserts every n in `0..count` arrived exactly once.
+pub fn assert_exactly_once(ns: &[i64], count: usize) {
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for n in ns {
+        *seen.entry(*n).or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..count)
+        .filter(|n| !seen.contains_key(&(*n as i64)))
+        .collect();
+    let repeated: Vec<(&i64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        missing.is_empty() && repeated.is_empty() && seen.len() == count,
+        "missing {:?}, repeated {:?} (of {count})",
+        &missing[..missing.len().min(20)],
+        &repeated[..repeated.len().min(20)]
+    );
+}
+
 /// Integration `name` in a `/v1/status` answer (Null if it is not there).
 pub fn integration_status(status: &serde_json::Value, name: &str) -> serde_json::Value {
     status["integrations"]
