@@ -41,6 +41,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod fleet;
 pub mod local;
 pub mod metrics;
 pub mod oncall;

@@ -114,6 +114,11 @@ impl Limiter {
         Some(*s)
     }
 
+    /// The request behind slot `id` never reached OnCall: it counts nowhere.
+    pub fn release(&mut self, id: u64) {
+        self.slots.retain(|s| s.id != id);
+    }
+
     /// Requests that may count in the window ending at `now`.
     pub fn used(&self, now: Millis) -> usize {
         self.slots
@@ -335,7 +340,7 @@ impl LimiterSet {
     pub fn release(&mut self, scopes: &[Scope], id: u64) -> Result<(), sled::Error> {
         for scope in scopes {
             if let Some(l) = self.limiters.get_mut(scope) {
-                l.slots.retain(|s| s.id != id);
+                l.release(id);
                 self.tree.remove(slot_key(scope, id))?;
             }
         }
