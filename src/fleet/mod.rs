@@ -58,7 +58,11 @@ pub const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Connecting (TCP, TLS, AUTH) may take this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnect backoff: doubling from the first to the last.
-pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// After Redis returns, every host that can reach it is back within this long (its last
+/// backoff and one connect); until then, those still cut off send unrecorded, so a host back
+/// earlier keeps within its local share too.
+pub const STRAGGLERS: Duration = BACKOFF.1.saturating_add(CONNECT_TIMEOUT);
 /// Answers and releases waiting for a call, at most; beyond, the oldest are dropped, which is
 /// safe: their slots keep counting until their bound.
 pub const MAX_PENDING_OPS: usize = 4096;
@@ -85,7 +89,8 @@ pub struct FleetSlot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Link {
-    /// Not yet known (the first call has not come back).
+    /// Not yet known (the first call has not come back): nothing leaves but on grants, for at
+    /// most [`CONNECT_TIMEOUT`] plus `fleet.timeout`.
     Connecting,
     Up,
     /// Unreachable or slower than `fleet.timeout`: this host uses its local share.
@@ -173,6 +178,9 @@ struct State {
     offline: BTreeMap<u64, Offline>,
     /// The longest window of any budget: an offline send older than this no longer counts.
     max_window: Millis,
+    /// After Redis returns, until this host time grants are used only within the local share
+    /// too (see [`STRAGGLERS`]).
+    local_until: Millis,
     link: Link,
     next_id: u64,
     round_trips: u64,
@@ -217,6 +225,7 @@ impl Fleet {
             ops: VecDeque::new(),
             offline: BTreeMap::new(),
             max_window: 0,
+            local_until: 0,
             link: Link::Connecting,
             next_id: 1,
             round_trips: 0,
@@ -263,9 +272,9 @@ impl Fleet {
     }
 
     /// The earliest host time a request of `integration` may leave, as far as the fleet knows.
-    /// While Redis answers: now if a grant is held, else when the task expects one (the
-    /// dispatcher is woken by [`Fleet::changed`] when one comes). While it does not: this host's
-    /// local share.
+    /// While Redis answers (or has not yet been reached): now if a grant is held, else later
+    /// (the dispatcher is woken by [`Fleet::changed`] when one comes). While it does not: this
+    /// host's local share.
     pub fn next_free(&self, integration: &str, now: Millis) -> Millis {
         let mut st = self.inner.lock();
         st.expire_held(now);
@@ -273,42 +282,51 @@ impl Fleet {
         let Some(g) = st.groups.get(integration) else {
             return now;
         };
-        if !g.held.is_empty() {
-            return now;
-        }
-        match link {
-            Link::Up => g.retry_at.max(now.saturating_add(ms(MIN_POLL))),
-            Link::Connecting | Link::Down => g
-                .scopes
+        let local = || {
+            g.scopes
                 .iter()
                 .filter_map(|s| st.scopes.get(s))
                 .map(|s| s.local.next_free(now))
                 .max()
-                .unwrap_or(now),
+                .unwrap_or(now)
+        };
+        if !g.held.is_empty() {
+            return if now < st.local_until { local() } else { now };
+        }
+        match link {
+            // The task asks when it is due and [`Fleet::changed`] wakes the dispatcher when
+            // grants come (or the first call fails): this is only a safety net. At start the
+            // local share is not used before Redis has had its chance (at most
+            // CONNECT_TIMEOUT): the other hosts may be spending the whole budget.
+            Link::Up | Link::Connecting => now.saturating_add(ms(MAX_POLL)),
+            Link::Down => local(),
         }
     }
 
     /// Takes a slot for a request of `integration` leaving at `now`, counted at most until
-    /// `until`: a held grant, or, while Redis is away, a slot of the local share. `None`: not
+    /// `until`: a held grant, or, while Redis is known to be away, a slot of the local share. `None`: not
     /// now (see [`Fleet::next_free`]).
     pub fn take(&self, integration: &str, now: Millis, until: Millis) -> Option<FleetSlot> {
         let mut st = self.inner.lock();
         st.expire_held(now);
         let link = st.link;
+        let scopes = st.groups.get(integration)?.scopes.clone();
+        let local_free = scopes
+            .iter()
+            .filter_map(|s| st.scopes.get(s))
+            .all(|s| s.local.is_free(now));
+        let settling = now < st.local_until;
         let g = st.groups.get_mut(integration)?;
-        let scopes = g.scopes.clone();
-        let id = match g.held.pop_front() {
-            Some((id, _)) => {
+        let id = match g.held.front() {
+            Some(_) if settling && !local_free => return None,
+            Some(&(id, _)) => {
+                g.held.pop_front();
                 st.fleet_slots += 1;
                 id
             }
-            None if link == Link::Up => return None,
+            None if link != Link::Down => return None,
             None => {
-                let free = scopes
-                    .iter()
-                    .filter_map(|s| st.scopes.get(s))
-                    .all(|s| s.local.is_free(now));
-                if !free {
+                if !local_free {
                     return None;
                 }
                 let id = st.next_id;
@@ -397,6 +415,11 @@ impl Fleet {
     /// Completes when grants arrived or the link changed: the dispatcher's cue for a new turn.
     pub async fn changed(&self) {
         self.inner.changed.notified().await
+    }
+
+    /// The organization whose budget this fleet shares (`fleet.org`).
+    pub fn org(&self) -> &str {
+        &self.inner.cfg.org
     }
 
     pub fn link(&self) -> Link {
@@ -677,6 +700,10 @@ impl State {
             }
         }
         for (i, name) in asked {
+            // A group that asked for nothing learned nothing about when it may.
+            if b.names[i].1 == 0 {
+                continue;
+            }
             let Some(group) = self.groups.get_mut(name) else {
                 continue;
             };
@@ -778,6 +805,7 @@ async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
                 st.apply(&built, &reply);
                 if st.link != Link::Up {
                     if st.link == Link::Down {
+                        st.local_until = now.saturating_add(ms(STRAGGLERS + cfg.timeout));
                         tracing::info!(redis = %cfg.redacted, recorded, "Redis answers again: the fleet's shared budgets are back in force; the sends made meanwhile are recorded in them.");
                     } else {
                         tracing::info!(redis = %cfg.redacted, host = %cfg.host, org = %cfg.org, "Connected to the fleet's shared budgets in Redis.");

@@ -24,6 +24,10 @@
 //!
 //! Every request, retries and probes included, spends budget: peers that let retries bypass the
 //! limiter cause the very 429 storms they then retry.
+//!
+//! With `[fleet]`, each request also needs a slot of the fleet's shared budgets ([`Fleet`]): the
+//! gate asks it beside the local limiter (which stays in force), each turn tells it this host's
+//! backlog, and answers settle the shared slot. Its calls never wait on the network.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use super::limiter::{LimiterSet, Scope};
 use super::outcome::{LimitScope, Outcome};
 use crate::clock::{Clock, Millis, ms};
 use crate::config::{Config, Delivery, Rate};
+use crate::fleet::{Budgets, Fleet, FleetSlot, ScopeKey};
 use crate::queue::store::DeadLetter;
 use crate::queue::{Envelope, Store, StoreError};
 use crate::redact::Secret;
@@ -195,6 +200,8 @@ struct Request {
     sent_at: Millis,
     /// Whether it is the probe of a paused (integration, org) scope.
     probe_scopes: (bool, bool),
+    /// Its slot in the fleet's shared budgets, with `[fleet]`.
+    fleet: Option<FleetSlot>,
 }
 
 /// A finished request.
@@ -225,6 +232,8 @@ pub struct Dispatcher {
     /// Delivered alerts not yet removed from sled: (integration, seq, bytes). Removed in one
     /// batch per round of answers.
     acks: Vec<(String, u64, u64)>,
+    /// The fleet's shared budgets (`[fleet]`), beside the local ones.
+    fleet: Option<Fleet>,
 }
 
 impl Dispatcher {
@@ -264,6 +273,7 @@ impl Dispatcher {
             done_rx,
             board,
             acks: Vec::new(),
+            fleet: None,
         };
         d.apply(cfg)?;
         // Queues of integrations that are no longer configured are reported, not dropped.
@@ -273,6 +283,13 @@ impl Dispatcher {
             }
         }
         Ok(d)
+    }
+
+    /// Shares the budgets with a fleet (`[fleet]`, started with [`fleet_budgets`] of the same
+    /// config): every request also needs a slot of the shared log. Reloads reconfigure it.
+    pub fn with_fleet(mut self, fleet: Fleet) -> Dispatcher {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Applies a (re)loaded config: integrations added, removed or changed, limits, delivery.
@@ -285,6 +302,9 @@ impl Dispatcher {
             }
         }
         self.limiters.configure(scopes_of(&cfg))?;
+        if let Some(f) = &self.fleet {
+            f.configure(fleet_budgets(&cfg, f.org()));
+        }
         self.transport.set_timeout(cfg.delivery.timeout);
         self.delivery = cfg.delivery;
         self.org_rate = cfg.org;
@@ -334,6 +354,7 @@ impl Dispatcher {
         mut control: mpsc::Receiver<Control>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), DispatchError> {
+        let fleet = self.fleet.clone();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -368,6 +389,8 @@ impl Dispatcher {
                     }
                 },
                 _ = self.store.committed.notified() => {}
+                // Fleet grants arrived, or Redis went away or came back.
+                _ = fleet_changed(&fleet) => {}
                 _ = sleep => {}
             }
         }
@@ -540,9 +563,18 @@ impl Dispatcher {
             let Some((idx, carries, pos, scopes)) = picked else {
                 break;
             };
-            self.rr = (idx + 1) % n;
             // Until answered, the server may count it up to the timeout.
             let until = now.saturating_add(ms(self.delivery.timeout));
+            // The fleet's grant first: a held one may have just expired (its task runs on
+            // another thread); then this turn ends and the next grant's arrival starts another.
+            let fleet = match &self.fleet {
+                Some(f) => match f.take(&self.integrations[idx].target.name, now, until) {
+                    Some(s) => Some(s),
+                    None => break,
+                },
+                None => None,
+            };
+            self.rr = (idx + 1) % n;
             let slot = self.limiters.take(&scopes, now, until)?;
             self.learner.sent(&scopes, slot, now, until);
             let probe_interval = ms(self.delivery.probe_interval);
@@ -573,8 +605,10 @@ impl Dispatcher {
                 slot,
                 sent_at: now,
                 probe_scopes: (probe_int, probe_org),
+                fleet,
             });
         }
+        self.report_demand(now);
         if out.is_empty() {
             return Ok(());
         }
@@ -612,14 +646,78 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// The earliest time a request spending `scopes` may leave: the configured budgets, and
-    /// what was learned of OnCall's windows (which can only say later).
+    /// The earliest time a request spending `scopes` may leave: the configured budgets, what
+    /// was learned of OnCall's windows, and the fleet's shared budgets (each can only say
+    /// later).
     fn gate(&mut self, scopes: &[Scope], now: Millis) -> Millis {
+        self.local_gate(scopes, now)
+            .max(self.fleet_gate(scopes, now))
+    }
+
+    /// [`Dispatcher::gate`] without the fleet.
+    fn local_gate(&mut self, scopes: &[Scope], now: Millis) -> Millis {
         let budget = self.limiters.next_free(scopes, now);
         if !self.delivery.learn {
             return budget;
         }
         budget.max(self.learner.next_free(scopes, now))
+    }
+
+    /// When the fleet lets a request spending `scopes` (an integration's and the org's) leave.
+    fn fleet_gate(&self, scopes: &[Scope], now: Millis) -> Millis {
+        match (&self.fleet, scopes.first()) {
+            (Some(f), Some(Scope::Integration(name))) => f.next_free(name, now),
+            _ => now,
+        }
+    }
+
+    /// Tells the fleet how many requests of each integration wait for it alone: ready, and let
+    /// out by every local gate. It is this host's backlog as the other hosts see it.
+    fn report_demand(&mut self, now: Millis) {
+        if self.fleet.is_none() {
+            return;
+        }
+        for idx in 0..self.integrations.len() {
+            let ready = self.ready_count(idx, now);
+            let name = self.integrations[idx].target.name.clone();
+            let ready = if ready > 0 && self.local_gate(&Self::scopes(&name), now) <= now {
+                ready
+            } else {
+                0
+            };
+            if let Some(f) = &self.fleet
+                && self.integrations[idx].configured
+            {
+                f.demand(&name, ready);
+            }
+        }
+    }
+
+    /// How many requests integration `idx` could start now (budgets aside): due heads of keys
+    /// with nothing in flight, up to its free concurrency, and a due heartbeat.
+    fn ready_count(&self, idx: usize, now: Millis) -> u32 {
+        if !self.open(idx, now) {
+            return 0;
+        }
+        let i = &self.integrations[idx];
+        let heartbeat = u32::from(
+            i.target.heartbeat.is_some() && !i.heartbeat_in_flight && i.next_heartbeat <= now,
+        );
+        if i.backoff_until > now {
+            return heartbeat;
+        }
+        let room = self.delivery.concurrency.saturating_sub(i.in_flight);
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut ready = 0usize;
+        for e in &i.window {
+            if ready >= room {
+                break;
+            }
+            if seen.insert(e.env.key_hash) && !e.in_flight && e.env.next_attempt_at <= now {
+                ready += 1;
+            }
+        }
+        heartbeat + ready as u32
     }
 
     /// Where a pause after a 429 of `scope` should end, if OnCall's resets are learned.
@@ -684,6 +782,12 @@ impl Dispatcher {
             self.limiters.release(&scopes, d.slot)?;
         } else {
             self.limiters.answered(&scopes, d.slot, until)?;
+        }
+        if let (Some(f), Some(slot)) = (&self.fleet, &d.fleet) {
+            match outcome {
+                Outcome::Retry { reached: false, .. } => f.release(slot),
+                _ => f.answered(slot, now, until),
+            }
         }
         if self.delivery.learn {
             for scope in &scopes {
@@ -1008,6 +1112,7 @@ impl Dispatcher {
                 .map_or(0, |p| p.until)
                 .max(org_gate)
                 .max(self.limiters.next_free(&scopes, now))
+                .max(self.fleet_gate(&scopes, now))
                 .max(if self.delivery.learn {
                     self.learner.peek_next_free(&scopes, now)
                 } else {
@@ -1139,6 +1244,31 @@ fn observe_latency(s: &mut SenderStatus, ms: Millis) {
         if secs <= le {
             *b += 1;
         }
+    }
+}
+
+/// Completes when the fleet has news for the dispatcher; never without a fleet.
+async fn fleet_changed(fleet: &Option<Fleet>) {
+    match fleet {
+        Some(f) => f.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The budgets as the fleet knows them: integrations by a keyed hash of their URL (the same on
+/// every host of organization `org`), never by their token.
+pub fn fleet_budgets(cfg: &SenderConfig, org: &str) -> Budgets {
+    Budgets {
+        integrations: cfg
+            .targets
+            .iter()
+            .map(|t| {
+                let key = ScopeKey::integration(org, t.url.expose().as_str());
+                (t.name.clone(), key, t.rate)
+            })
+            .collect(),
+        org: cfg.org,
+        request_timeout: cfg.delivery.timeout,
     }
 }
 
