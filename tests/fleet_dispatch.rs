@@ -89,6 +89,39 @@ fn start_host(w: &Fleetwide, name: &str, per_integration: u64) -> Host {
     }
 }
 
+/// Log lines of the whole test binary (one test), to count the fleet's WARNs.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let logs = Logs::default();
+        let w = logs.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+        logs
+    }
+    fn count(&self, level: &str, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .count()
+    }
+}
+
 async fn wait_for(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
@@ -103,6 +136,7 @@ async fn wait_for(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hosts_share_the_org_budget_exactly_fairly_and_survive_redis_going_away() {
     const HOSTS: u32 = 5;
+    let logs = Logs::capture();
     let mut redis = RedisServer::start();
     let org = rate(20, 2);
     let integrations = [("a", rate(30, 2)), ("b", rate(30, 2))];
@@ -190,6 +224,11 @@ async fn five_hosts_share_the_org_budget_exactly_fairly_and_survive_redis_going_
         "every host noticed"
     );
     let down_at = clock.now();
+    assert_eq!(
+        logs.count("WARN", "Redis is unreachable"),
+        HOSTS as usize,
+        "one WARN per host on the transition"
+    );
     let d0: u64 = hosts.iter().map(Host::delivered).sum();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let d1: u64 = hosts.iter().map(Host::delivered).sum();
@@ -229,6 +268,12 @@ async fn five_hosts_share_the_org_budget_exactly_fairly_and_survive_redis_going_
         ]),
         org,
     }];
+    assert_eq!(
+        logs.count("WARN", "Redis is unreachable"),
+        HOSTS as usize,
+        "no more WARNs while reconnecting"
+    );
+    assert_eq!(logs.count("INFO", "Redis answers again"), HOSTS as usize);
     let total_429 = rate_limited(&hits);
     eprintln!("429s over the whole run (outage included): {total_429}");
     assert!(

@@ -615,3 +615,55 @@ async fn the_handle_falls_back_to_its_local_share_and_records_its_sends_when_red
         .unwrap();
     assert!(keys.iter().all(|k| !k.contains("T0k3n")), "{keys:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_slower_than_the_timeout_means_the_local_share_at_once() {
+    let r = RedisServer::start();
+    let url = "https://oncall.example/integrations/v1/formatted_webhook/Slow/";
+    let budgets = Budgets {
+        integrations: vec![(
+            "db".into(),
+            ScopeKey::integration("test", url),
+            Rate {
+                count: 8,
+                per: Duration::from_secs(3),
+            },
+        )],
+        org: Rate {
+            count: 100,
+            per: Duration::from_secs(3),
+        },
+        request_timeout: Duration::from_secs(1),
+    };
+    let clock = Clock::system();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let (fleet, _task) = Fleet::start(fleet_config(&r, "web-01", 0.5), budgets, clock, shutdown);
+    assert!(wait_for(Duration::from_secs(5), || fleet.link() == Link::Up).await);
+    // Redis stops answering for 2 s, without closing anything.
+    let mut c = con(&r).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2_000)
+        .arg("ALL")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let paused = Instant::now();
+    fleet.demand("db", 3);
+    assert!(wait_for(Duration::from_secs(2), || fleet.link() == Link::Down).await);
+    assert!(
+        paused.elapsed() < Duration::from_millis(1_000),
+        "fell back after {:?}",
+        paused.elapsed()
+    );
+    // Down: the local share (4 of 8) at once.
+    let now = clock.now();
+    let mut n = 0;
+    while fleet.take("db", now, now + 1_000).is_some() {
+        n += 1;
+        assert!(n <= 8);
+    }
+    assert_eq!(n, 4);
+    // Redis answers again: the link comes back by itself.
+    assert!(wait_for(Duration::from_secs(10), || fleet.link() == Link::Up).await);
+}
