@@ -20,12 +20,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::observe::Reporter;
 use crate::queue::store::Quarantined;
 use crate::queue::writer::{Alert, WriterConfig};
 use crate::queue::{Ingest, Store, StoreError};
 use crate::sender::{Control, Dispatcher, HttpTransport, Jitter, SenderConfig};
 use crate::sources::http::{self, ConnLimits, Exposure, HttpState};
-use crate::status::{Reporter, SharedBoard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -164,19 +164,19 @@ pub async fn run_with(
 
     let transport = HttpTransport::new(config.delivery.timeout)
         .map_err(|e| AppError::Start(format!("HTTP client: {}", e.without_url())))?;
-    let board: SharedBoard = Arc::default();
+    let (board, board_rx) = tokio::sync::watch::channel(Default::default());
     let dispatcher = Dispatcher::new(
         store.clone(),
         Arc::new(transport),
         SenderConfig::from_config(&config),
         clock,
         Jitter::Full,
-        board.clone(),
+        board,
     )
     .map_err(|e| AppError::Sender(e.to_string()))?;
     let reporter = Arc::new(Reporter {
         store: store.clone(),
-        board,
+        board: board_rx,
         clock,
         started: clock.now(),
         max_bytes: config.queue.max_bytes,

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, DEFAULT_PATH};
 use crate::local;
-use crate::status::StatusReport;
+use crate::observe::StatusReport;
 
 /// sysexits.h codes.
 pub mod exit {

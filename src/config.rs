@@ -76,6 +76,13 @@ impl fmt::Display for Rate {
     }
 }
 
+/// Written as its text ("300/5m"), as it is configured: how `/v1/status` shows a budget.
+impl serde::Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -2,9 +2,11 @@
 //! writer ([`writer`]) and read and acknowledged by the sender.
 
 pub mod envelope;
+pub mod received;
 pub mod store;
 pub mod writer;
 
 pub use envelope::Envelope;
+pub use received::Received;
 pub use store::{DeadLetter, Depth, Store, StoreError};
 pub use writer::{Ingest, IngestError};

@@ -6,7 +6,9 @@ pub mod dispatcher;
 pub mod learn;
 pub mod limiter;
 pub mod outcome;
+pub mod report;
 
 pub use client::{HttpTransport, Transport};
 pub use dispatcher::{Control, Dispatcher, Jitter, RetryNowReport, SenderConfig};
 pub use outcome::{LimitScope, Outcome};
+pub use report::{BoardTx, LATENCY_BUCKETS, ScopeStatus, SenderBoard, SenderStatus};

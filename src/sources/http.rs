@@ -21,10 +21,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 
+use crate::observe::Reporter;
 use crate::queue::envelope::key_hash;
 use crate::queue::writer::{Alert, Ingest, IngestError};
 use crate::redact::Secret;
-use crate::status::Reporter;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -169,8 +169,12 @@ async fn status(State(st): State<HttpState>) -> Response {
 /// Like [`status`]: the metrics are built from a status report.
 async fn metrics(State(st): State<HttpState>) -> Response {
     let reporter = st.reporter.clone();
-    match tokio::task::spawn_blocking(move || crate::metrics::render(&reporter)).await {
-        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+    match tokio::task::spawn_blocking(move || crate::observe::metrics::render(&reporter)).await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, crate::observe::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
         Err(e) => report_failed(e),
     }
 }
@@ -575,7 +579,7 @@ mod tests {
         .unwrap();
         let reporter = Arc::new(Reporter {
             store,
-            board: Arc::default(),
+            board: tokio::sync::watch::channel(Default::default()).1,
             clock,
             started: clock.now(),
             max_bytes: 1 << 20,

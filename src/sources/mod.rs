@@ -14,6 +14,7 @@ pub mod admin;
 pub mod file;
 pub mod http;
 pub mod journal;
+pub mod report;
 pub mod spool;
 pub mod watch;
 
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::config::{Config, Source};
 use crate::queue::Ingest;
-use crate::status::SourceBoard;
+pub use report::{SourceBoard, SourceStatus, source_reporter};
 
 /// Starts every configured `[[source]]`. Each task stops when `stop` turns true (after the
 /// commit it is in, if any) and drops its [`Ingest`] handle, which the writer waits for. A

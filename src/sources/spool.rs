@@ -31,11 +31,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::SourceBoard;
 use super::file::sleep_or_stop;
 use super::watch::DirWatch;
 use crate::config::SpoolSource;
 use crate::queue::writer::{Alert, Ingest, IngestError};
-use crate::status::SourceBoard;
 
 /// Folder entries looked at per integration folder and listing.
 pub const MAX_LISTING: usize = 10_000;
@@ -390,7 +390,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
 ) {
-    let report = crate::status::source_reporter(board, "spool", &src.path);
+    let report = super::source_reporter(board, "spool", &src.path);
     report(&|_| {});
     let poll = src.poll_interval;
     let mut spool = Some(Spool {

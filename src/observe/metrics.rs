@@ -9,53 +9,18 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::Rate;
-use crate::status::{LATENCY_BUCKETS, Reporter, ScopeStatus, StatusReport};
+use super::status::{Reporter, StatusReport};
+use crate::sender::{LATENCY_BUCKETS, ScopeStatus};
 
 /// The content type of [`render`]'s answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Labels of the received counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReceivedLabels {
-    /// "unix", "tcp", "internal" (the agent's own alerts), or a file source's name.
-    pub source: String,
-    pub integration: String,
-}
-
-/// Alerts made durable, by source and integration. Cheap to clone; clones share the counts.
-/// Bounded: sources are a fixed set and integration names are checked before counting.
-#[derive(Clone, Debug, Default)]
-pub struct Received(Family<ReceivedLabels, Counter>);
-
-impl Received {
-    pub fn inc(&self, source: &str, integration: &str) {
-        self.0
-            .get_or_create(&ReceivedLabels {
-                source: source.to_string(),
-                integration: integration.to_string(),
-            })
-            .inc();
-    }
-
-    /// The count for one (source, integration), for tests and status.
-    pub fn get(&self, source: &str, integration: &str) -> u64 {
-        self.0
-            .get(&ReceivedLabels {
-                source: source.to_string(),
-                integration: integration.to_string(),
-            })
-            .map_or(0, |c| c.get())
-    }
-}
 
 /// Renders every metric: the `received` counter and a fresh [`StatusReport`].
 pub fn render(reporter: &Reporter) -> String {
@@ -63,7 +28,7 @@ pub fn render(reporter: &Reporter) -> String {
     registry.register(
         "alerts_received",
         "Alerts accepted and made durable, by source and integration",
-        reporter.received.0.clone(),
+        reporter.received.family(),
     );
     registry.register(
         "build",
@@ -117,7 +82,6 @@ fn family<T: EncodeMetric>(
 /// Requests that may still go out in the current window of a budget.
 fn budget_left(s: &ScopeStatus) -> i64 {
     s.limit
-        .parse::<Rate>()
         .map_or(0, |r| i64::from(r.count) - s.used as i64)
         .max(0)
 }
@@ -126,12 +90,12 @@ impl Collector for ReportCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let r = &self.report;
         let ints = &r.integrations;
-        let counter = |f: &dyn Fn(&crate::status::IntegrationReport) -> u64| {
+        let counter = |f: &dyn Fn(&super::status::IntegrationReport) -> u64| {
             ints.iter()
                 .map(|i| (int(&i.name), ConstCounter::new(f(i))))
                 .collect::<Vec<_>>()
         };
-        let gauge = |f: &dyn Fn(&crate::status::IntegrationReport) -> i64| {
+        let gauge = |f: &dyn Fn(&super::status::IntegrationReport) -> i64| {
             ints.iter()
                 .map(|i| (int(&i.name), ConstGauge::new(f(i))))
                 .collect::<Vec<_>>()
@@ -379,13 +343,13 @@ mod tests {
     #[test]
     fn budget_left_reads_the_limit_text() {
         let s = ScopeStatus {
-            limit: "300/5m".into(),
+            limit: Some("300/5m".parse().unwrap()),
             used: 120,
             ..Default::default()
         };
         assert_eq!(budget_left(&s), 180);
         let spent = ScopeStatus {
-            limit: "10/1m".into(),
+            limit: Some("10/1m".parse().unwrap()),
             used: 12,
             ..Default::default()
         };
