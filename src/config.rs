@@ -327,7 +327,7 @@ pub struct Config {
     /// integration.
     pub self_alert_integration: Option<String>,
     /// Integrations with a known inbound URL (from `url`, `url_file`, or resolved through the
-    /// API): everything downstream of [`crate::app`] sees only these.
+    /// API): everything downstream of [`crate::daemon`] sees only these.
     pub integrations: Vec<Integration>,
     /// The OnCall HTTP API, if `[api]` is set.
     pub api: Option<ApiConfig>,
@@ -500,7 +500,7 @@ pub struct Listen {
 }
 
 /// Client-side budgets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Per integration, unless the integration sets `rate_limit`. Default 300/5m (what the
     /// docs say and the engine enforces by default).
@@ -511,7 +511,7 @@ pub struct Limits {
 }
 
 /// How alerts are delivered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// Whole-request timeout. Default 10 s.
     pub timeout: Duration,
@@ -550,7 +550,7 @@ pub struct QueueConfig {
 }
 
 /// One OnCall integration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Integration {
     /// Local name, used in local URLs, the CLI, status and metrics.
     pub name: String,

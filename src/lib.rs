@@ -37,10 +37,10 @@
 //! `expect` says why it cannot fail.
 
 pub mod api;
-pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod local;
 pub mod observe;
 pub mod oncall;

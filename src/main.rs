@@ -63,7 +63,7 @@ const RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_millis(500)
 fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
     // SAFETY: nothing has started a thread yet: the runtime, the queue writer and sled all
     // start below, and parsing the command line, the config and setting up logging start none.
-    let listen_fds = unsafe { oncall_agent::app::take_listen_fds() };
+    let listen_fds = unsafe { oncall_agent::daemon::take_listen_fds() };
     let config = Config::load(path).map_err(|e| CliError {
         code: exit::CONFIG,
         message: e.to_string(),
@@ -80,11 +80,11 @@ fn run(path: &std::path::Path, format: LogFormat) -> Result<(), CliError> {
             code: exit::SOFTWARE,
             message: format!("cannot start: {e}"),
         })?;
-    let hooks = oncall_agent::app::Hooks {
+    let hooks = oncall_agent::daemon::Hooks {
         set_log_level: Some(set_log_level),
         listen_fds,
     };
-    let result = rt.block_on(oncall_agent::app::run_with(
+    let result = rt.block_on(oncall_agent::daemon::run_with(
         config,
         std::future::pending(),
         hooks,
@@ -110,7 +110,7 @@ fn with_sled_quiet(level: &str) -> String {
 
 /// Plain lines (no timestamps under journald, which adds its own), or JSON. RUST_LOG wins over
 /// the config's level. Returns what changes the level on reload.
-fn init_logging(level: &str, format: LogFormat) -> oncall_agent::app::SetLogLevel {
+fn init_logging(level: &str, format: LogFormat) -> oncall_agent::daemon::SetLogLevel {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, fmt, reload};
