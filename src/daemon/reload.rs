@@ -172,12 +172,19 @@ name = "b"
 url = "https://oncall.example.com/integrations/v1/formatted_webhook/TOKENB/"
 "#;
 
+    /// A valid config with `extra` (top-level keys first, then tables) before the
+    /// integrations; `state_dir` and `[listen]` are added unless `extra` sets them.
     fn config(extra: &str) -> Config {
-        Config::parse(
-            Path::new("/etc/oncall-agent.toml"),
-            &format!("{extra}\n{BASE}"),
-        )
-        .unwrap()
+        let mut text = String::new();
+        if !extra.starts_with("state_dir") {
+            text.push_str("state_dir = \"/var/lib/oncall-agent\"\n");
+        }
+        if !extra.contains("[listen]") {
+            text.push_str("[listen]\ntcp = \"127.0.0.1:9753\"\n");
+        }
+        text.push_str(extra);
+        text.push_str(BASE);
+        Config::parse(Path::new("/etc/oncall-agent.toml"), &text).unwrap()
     }
 
     fn diff(old: &str, new: &str) -> ConfigDiff {
@@ -237,11 +244,7 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/TOKENB/"
     }
 
     fn config_sources(sources: &str) -> Config {
-        Config::parse(
-            Path::new("/etc/oncall-agent.toml"),
-            &format!("{BASE}\n{sources}"),
-        )
-        .unwrap()
+        config(sources)
     }
 
     #[test]
