@@ -85,7 +85,7 @@ async fn tail(lines: usize) {
     let mut parsed = 0;
     let data = std::fs::read(&path).expect("read");
     for l in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        oncall_agent::sources::http::parse_alert(l).expect("valid");
+        oncall_agent::alert::parse_alert(l).expect("valid");
         parsed += 1;
     }
     let base = t.elapsed();

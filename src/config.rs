@@ -327,7 +327,7 @@ pub struct Config {
     /// integration.
     pub self_alert_integration: Option<String>,
     /// Integrations with a known inbound URL (from `url`, `url_file`, or resolved through the
-    /// API): everything downstream of [`crate::daemon`] sees only these.
+    /// API): everything downstream of the daemon sees only these.
     pub integrations: Vec<Integration>,
     /// The OnCall HTTP API, if `[api]` is set.
     pub api: Option<ApiConfig>,

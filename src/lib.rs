@@ -36,6 +36,7 @@
 //! than leave a half-alive one), so lock poisoning is not handled further. Every other
 //! `expect` says why it cannot fail.
 
+pub mod alert;
 pub mod api;
 pub mod cli;
 pub mod clock;
@@ -45,6 +46,8 @@ pub mod local;
 pub mod observe;
 pub mod oncall;
 pub mod queue;
+pub mod ratelimit;
 pub mod redact;
 pub mod sender;
+pub mod server;
 pub mod sources;

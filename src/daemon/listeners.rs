@@ -7,7 +7,7 @@ use super::AppError;
 use super::systemd::{ListenFds, inherited_listeners};
 use crate::config::Config;
 use crate::queue::Ingest;
-use crate::sources::http::{self, ConnLimits, Exposure, HttpState};
+use crate::server::{self as http, ConnLimits, Exposure, HttpState};
 
 /// The listeners' tasks, and the ingest handle reload uses.
 pub(super) struct Servers {

@@ -257,9 +257,6 @@ impl Daemon {
         if let Some(bytes) = diff.min_free_space {
             self.store.set_min_free_space(bytes);
         }
-        if let Some(level) = &diff.log_level {
-            apply_log_level(level, hooks);
-        }
         if !diff.restart_only.is_empty() {
             let names: Vec<String> = diff.restart_only.iter().map(|r| r.to_string()).collect();
             tracing::warn!(
@@ -268,6 +265,10 @@ impl Daemon {
             );
         }
         tracing::info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "Configuration reloaded.");
+        // Last, so that the reload's own lines show at the level they were logged under.
+        if let Some(level) = &diff.log_level {
+            apply_log_level(level, hooks);
+        }
         self.config = new;
     }
 

@@ -17,7 +17,7 @@ use crate::queue::store::Quarantined;
 use crate::queue::writer::{Alert, WriterConfig};
 use crate::queue::{Ingest, Store};
 use crate::sender::{Dispatcher, HttpTransport, Jitter, SenderConfig};
-use crate::sources::http::HttpState;
+use crate::server::HttpState;
 
 /// Starts every part; `None` when a stop came while the integrations were being resolved
 /// (before anything was accepted).

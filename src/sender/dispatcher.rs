@@ -32,14 +32,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Transport;
-use super::learn::{Learner, Seen};
-use super::limiter::{LimiterSet, Scope};
 use super::outcome::{LimitScope, Outcome};
 use super::report::{BoardTx, LATENCY_BUCKETS, ScopeStatus, SenderBoard, SenderStatus};
 use crate::clock::{Clock, Millis, ms};
 use crate::config::{Config, Delivery, Rate};
 use crate::queue::store::DeadLetter;
 use crate::queue::{Envelope, Store, StoreError};
+use crate::ratelimit::learn::{Learner, Seen};
+use crate::ratelimit::{LimiterSet, Scope};
 use crate::redact::Secret;
 
 /// Alerts of one integration held in memory at most; refilled from sled below half.
@@ -239,7 +239,7 @@ impl Dispatcher {
         let now = clock.now();
         let limiters = LimiterSet::load(store.limiter_tree().clone(), scopes_of(&cfg), now)?;
         let mut learner = Learner::new(now);
-        for (scope, learned) in limiters.load_learned() {
+        for (scope, learned) in limiters.load_learned::<crate::ratelimit::learn::Learned>() {
             if let Some(l) = limiters.get(&scope) {
                 learner.seed(&scope, l.slots().iter().map(|s| (s.id, s.sent, s.until)));
             }

@@ -1,10 +1,9 @@
-//! How alerts go out: the [`dispatcher`] decides, the [`limiter`] keeps every request inside
-//! OnCall's budgets, the [`client`] does HTTP, and [`outcome`] says what an answer means.
+//! How alerts go out: the [`dispatcher`] decides (within the budgets of `ratelimit`), the
+//! [`client`] does HTTP, and [`outcome`] says what an answer means; [`report`] is what the
+//! sender publishes about itself.
 
 pub mod client;
 pub mod dispatcher;
-pub mod learn;
-pub mod limiter;
 pub mod outcome;
 pub mod report;
 

@@ -967,8 +967,7 @@ fn to_alert(
 ) -> Result<Alert, String> {
     let (payload, key) = match &src.format {
         LineFormat::Json => {
-            let key = crate::sources::http::parse_alert(line)
-                .map_err(|e| e.replacen("the body", "the line", 1))?;
+            let key = crate::alert::parse_alert(line).map_err(|e| e.describe("the line"))?;
             (line.to_vec(), key)
         }
         LineFormat::Text { uid_fields } => {

@@ -1,7 +1,6 @@
-//! How alerts come in. Every source hands alerts to `queue::Ingest` and never writes alerts to
-//! sled itself.
+//! The `[[source]]`s: alerts the agent reads for itself (the HTTP API is `server`). Every
+//! source hands alerts to `queue::Ingest` and never writes alerts to sled itself.
 //!
-//! - [`http`]: the local HTTP API (Unix socket and loopback TCP); [`admin`] beside it.
 //! - [`file`]: `[[source]] type = "file"`, lines appended to files, rotation followed; the read
 //!   position is committed in the same atomic write as the alerts read up to it.
 //! - [`spool`]: `[[source]] type = "spool"`, one alert per file dropped in a folder; also where
@@ -10,9 +9,7 @@
 //!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
 //! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
 
-pub mod admin;
 pub mod file;
-pub mod http;
 pub mod journal;
 pub mod report;
 pub mod spool;

@@ -376,8 +376,8 @@ fn read_alert(path: &Path, max_body: usize) -> Result<(Vec<u8>, u64), ReadError>
             "it is larger than queue.max_body ({max_body} bytes)"
         )));
     }
-    let key = crate::sources::http::parse_alert(&body)
-        .map_err(|e| ReadError::Bad(e.replacen("the body", "the file", 1)))?;
+    let key =
+        crate::alert::parse_alert(&body).map_err(|e| ReadError::Bad(e.describe("the file")))?;
     Ok((body, key))
 }
 
