@@ -2,6 +2,7 @@
 //! metrics are all built from these types.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -202,8 +203,24 @@ impl StatusReport {
 
     /// The `status` CLI's table.
     pub fn table(&self) -> String {
-        use std::fmt::Write;
         let mut s = String::new();
+        self.header_lines(&mut s);
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",
+            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET"
+        );
+        for i in &self.integrations {
+            integration_line(&mut s, i);
+        }
+        for src in &self.sources {
+            source_line(&mut s, src);
+        }
+        s
+    }
+
+    /// The agent, the org budget, dead letters and the disk, above the table.
+    fn header_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "oncall-agent {} up {}s; queue {} of {} bytes; {} dead letters",
@@ -236,68 +253,64 @@ impl StatusReport {
                 mib(self.disk.min_free_bytes)
             );
         }
-        let _ = writeln!(
-            s,
-            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",
-            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET"
-        );
-        for i in &self.integrations {
-            let oldest = i
-                .oldest_age_s
-                .map_or("-".to_string(), |a| format!("{a:.0}s"));
-            let budget = format!(
-                "{} used of {}",
-                i.sender.budget.used,
-                shown(i.sender.budget.limit)
-            );
-            let mut state = if !i.sender.configured {
-                "NOT CONFIGURED: alerts kept".to_string()
-            } else {
-                scope_line(&i.sender.budget)
-            };
-            if let Some(n) = i.sender.next_attempt_in_s {
-                let _ = write!(state, "; next attempt in {n:.1}s");
-            }
-            if let Some(d) = &i.drain_estimate {
-                let _ = write!(state, "; {d}");
-            }
-            if let Some(e) = &i.sender.last_error {
-                let _ = write!(state, "; last error: {e}");
-            }
-            let _ = writeln!(
-                s,
-                "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
-                i.name,
-                i.depth,
-                oldest,
-                i.sender.delivered_total,
-                i.sender.retried_total,
-                i.sender.dead_lettered_total,
-                budget,
-                state
-            );
-        }
-        for src in &self.sources {
-            let files = match (src.kind.as_str(), src.files) {
-                ("journal", 0) => "journalctl not running".to_string(),
-                ("journal", _) => "journalctl running".to_string(),
-                (_, n) => format!("{n} files"),
-            };
-            let _ = write!(
-                s,
-                "source {} {}: {files}, {} alerts queued, {} refused",
-                src.kind, src.path, src.alerts_total, src.refused_total
-            );
-            if let Some(r) = &src.last_refused {
-                let _ = write!(s, " (latest: {r})");
-            }
-            if let Some(e) = &src.last_error {
-                let _ = write!(s, "; last error: {e}");
-            }
-            s.push('\n');
-        }
-        s
     }
+}
+
+fn integration_line(s: &mut String, i: &IntegrationReport) {
+    let oldest = i
+        .oldest_age_s
+        .map_or("-".to_string(), |a| format!("{a:.0}s"));
+    let budget = format!(
+        "{} used of {}",
+        i.sender.budget.used,
+        shown(i.sender.budget.limit)
+    );
+    let mut state = if !i.sender.configured {
+        "NOT CONFIGURED: alerts kept".to_string()
+    } else {
+        scope_line(&i.sender.budget)
+    };
+    if let Some(n) = i.sender.next_attempt_in_s {
+        let _ = write!(state, "; next attempt in {n:.1}s");
+    }
+    if let Some(d) = &i.drain_estimate {
+        let _ = write!(state, "; {d}");
+    }
+    if let Some(e) = &i.sender.last_error {
+        let _ = write!(state, "; last error: {e}");
+    }
+    let _ = writeln!(
+        s,
+        "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
+        i.name,
+        i.depth,
+        oldest,
+        i.sender.delivered_total,
+        i.sender.retried_total,
+        i.sender.dead_lettered_total,
+        budget,
+        state
+    );
+}
+
+fn source_line(s: &mut String, src: &SourceStatus) {
+    let files = match (src.kind.as_str(), src.files) {
+        ("journal", 0) => "journalctl not running".to_string(),
+        ("journal", _) => "journalctl running".to_string(),
+        (_, n) => format!("{n} files"),
+    };
+    let _ = write!(
+        s,
+        "source {} {}: {files}, {} alerts queued, {} refused",
+        src.kind, src.path, src.alerts_total, src.refused_total
+    );
+    if let Some(r) = &src.last_refused {
+        let _ = write!(s, " (latest: {r})");
+    }
+    if let Some(e) = &src.last_error {
+        let _ = write!(s, "; last error: {e}");
+    }
+    s.push('\n');
 }
 
 fn shown(limit: Option<Rate>) -> String {
