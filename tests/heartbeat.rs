@@ -9,11 +9,11 @@ use common::*;
 use oncall_agent::clock::Clock;
 use oncall_agent::config::Rate;
 use oncall_agent::queue::Store;
-use oncall_agent::queue::envelope::{Envelope, key_hash};
+use oncall_agent::queue::{Envelope, key_hash};
 use oncall_agent::redact::Secret;
-use oncall_agent::sender::client::DeliverFuture;
-use oncall_agent::sender::dispatcher::{SenderConfig, Target};
+use oncall_agent::sender::DeliverFuture;
 use oncall_agent::sender::{Dispatcher, Jitter, Outcome, Transport};
+use oncall_agent::sender::{SenderConfig, Target};
 use tokio::sync::{mpsc, watch};
 
 /// Records what arrives and when (on tokio's clock); accepts everything.
@@ -153,7 +153,7 @@ impl Transport for LimitsHeartbeats {
     }
     fn heartbeat(&self, _url: &Secret<reqwest::Url>) -> DeliverFuture {
         Box::pin(async {
-            oncall_agent::sender::outcome::classify(
+            oncall_agent::sender::classify(
                 429,
                 None,
                 None,

@@ -6,7 +6,7 @@ mod assets;
 mod check;
 mod client;
 mod dead;
-pub mod exit;
+pub(crate) mod exit;
 mod integrations;
 mod run;
 mod send;

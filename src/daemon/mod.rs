@@ -13,7 +13,7 @@
 //! `id`/`api_name` integrations at start or on reload is abandoned when SIGTERM comes.
 
 mod listeners;
-pub mod reload;
+pub(crate) mod reload;
 mod shutdown;
 mod sources;
 mod start;

@@ -3,7 +3,7 @@
 //! channel, the sources' board, the queue's counters). Nothing imports `observe` back: the
 //! parts own their snapshot types, and `observe` only reads them.
 
-pub mod metrics;
-pub mod status;
+pub(crate) mod metrics;
+pub(crate) mod status;
 
 pub use status::{DiskStatus, IntegrationReport, Reporter, StatusReport};

@@ -4,7 +4,8 @@
 //! than the configured budget. The sender spends the alert scopes (each integration and the
 //! organization), the API client its own (`Scope::Api`); neither module knows either caller.
 
-pub mod learn;
-pub mod limiter;
+pub(crate) mod learn;
+pub(crate) mod limiter;
 
+pub use learn::WIDEST_FIRST;
 pub use limiter::{Limiter, LimiterSet, Scope, Slot};

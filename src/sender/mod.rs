@@ -2,12 +2,14 @@
 //! [`client`] does HTTP, and [`outcome`] says what an answer means; [`report`] is what the
 //! sender publishes about itself.
 
-pub mod client;
-pub mod dispatcher;
-pub mod outcome;
-pub mod report;
+pub(crate) mod client;
+pub(crate) mod dispatcher;
+pub(crate) mod outcome;
+pub(crate) mod report;
 
-pub use client::{HttpTransport, Transport};
-pub use dispatcher::{Control, Dispatcher, Jitter, RetryNowReport, SenderConfig};
-pub use outcome::{LimitScope, Outcome};
+pub use client::{DeliverFuture, HttpTransport, Transport};
+pub use dispatcher::{
+    Control, DispatchError, Dispatcher, Jitter, RetryNowReport, SenderConfig, Target,
+};
+pub use outcome::{LimitScope, Outcome, classify};
 pub use report::{BoardTx, LATENCY_BUCKETS, ScopeStatus, SenderBoard, SenderStatus};

@@ -8,9 +8,9 @@
 //! Every connection is bounded: a count per listener, a deadline for the request headers
 //! (which also closes idle keep-alive connections), a deadline and a size cap for the body.
 
-pub mod admin;
+pub(crate) mod admin;
 mod ingest;
-pub mod listen;
+pub(crate) mod listen;
 
 use std::sync::Arc;
 use std::time::Duration;

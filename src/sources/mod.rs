@@ -9,17 +9,18 @@
 //!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
 //! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
 
-pub mod file;
-pub mod journal;
-pub mod report;
-pub mod spool;
-pub mod watch;
+pub(crate) mod file;
+pub(crate) mod journal;
+pub(crate) mod report;
+pub(crate) mod spool;
+pub(crate) mod watch;
 
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::{Config, Source};
 use crate::queue::Ingest;
+pub use file::{run as tail_file, text_uid};
 pub use report::{SourceBoard, SourceStatus, source_reporter};
 
 /// Starts every configured `[[source]]`. Each task stops when `stop` turns true (after the

@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use oncall_agent::clock::{Clock, Millis};
 use oncall_agent::config::{Delivery, Rate};
-use oncall_agent::queue::envelope::key_hash;
+use oncall_agent::queue::key_hash;
 use oncall_agent::queue::{Envelope, Store};
 use oncall_agent::redact::Secret;
-use oncall_agent::sender::client::DeliverFuture;
-use oncall_agent::sender::dispatcher::{DispatchError, Target};
-use oncall_agent::sender::outcome::{Outcome, classify};
+use oncall_agent::sender::DeliverFuture;
 use oncall_agent::sender::{BoardTx, SenderBoard};
 use oncall_agent::sender::{Control, Dispatcher, Jitter, SenderConfig, Transport};
+use oncall_agent::sender::{DispatchError, Target};
+use oncall_agent::sender::{Outcome, classify};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
