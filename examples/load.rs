@@ -17,7 +17,7 @@
 //!   at a closed 127.0.0.1 port, so delivery fails at once and backs off: what is measured is
 //!   ingest, answered 202 only after the group commit's fsync.
 //! - `noop`: this example re-run as a server on the agent's own listener loop
-//!   (`sources::http::serve`, same hyper settings, same 2-worker runtime), whose handler reads
+//!   (`server::serve`, same hyper settings, same 2-worker runtime), whose handler reads
 //!   the body and answers 202: the cost of the HTTP stack alone.
 //! - `fsync`: the same server whose handler checks the alert as the agent does and writes it
 //!   with the agent's `Store` in a commit of its own, one at a time: one sled insert + flush +
@@ -48,8 +48,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use oncall_agent::alert::parse_alert;
 use oncall_agent::queue::{Envelope, Store};
-use oncall_agent::sources::http::{ConnLimits, bind_unix, parse_alert, serve};
+use oncall_agent::server::{ConnLimits, bind_unix, serve};
 
 /// A request that takes longer than this is counted as an error and its connection dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -789,7 +790,7 @@ async fn fsync_alert(
     };
     let key_hash = match parse_alert(&bytes) {
         Ok(k) => k,
-        Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.describe("the body")).into_response(),
     };
     let name2 = name.clone();
     let written = tokio::task::spawn_blocking(move || {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use oncall_agent::clock::Clock;
 use oncall_agent::config::{FileSource, LineFormat, StartAt};
 use oncall_agent::queue::Store;
-use oncall_agent::queue::writer::{Ingest, WriterConfig};
+use oncall_agent::queue::{Ingest, WriterConfig};
 
 const LINE_LEN: usize = 200;
 
@@ -85,7 +85,7 @@ async fn tail(lines: usize) {
     let mut parsed = 0;
     let data = std::fs::read(&path).expect("read");
     for l in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        oncall_agent::sources::http::parse_alert(l).expect("valid");
+        oncall_agent::alert::parse_alert(l).expect("valid");
         parsed += 1;
     }
     let base = t.elapsed();
@@ -119,7 +119,7 @@ async fn tail(lines: usize) {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let t = Instant::now();
-    let task = tokio::spawn(oncall_agent::sources::file::run(
+    let task = tokio::spawn(oncall_agent::sources::tail_file(
         src,
         ingest,
         1 << 20,

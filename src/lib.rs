@@ -4,15 +4,15 @@
 //! The path of one alert, and the module that owns each step:
 //!
 //! ```text
-//!  tools ──HTTP (unix/tcp)── sources::http ──┐
+//!  tools ──HTTP (unix/tcp)── server ─────────┐
 //!  scripts ── `send` CLI ─── (cli, local) ───┤
-//!  files, spool, journal ─── sources::{file, ┴─> queue::Ingest ─> queue::writer ─> sled
-//!                          spool, journal}       (bounded)        (group commit,  (queue::store)
-//!                                                                  one fsync)          │
-//!  OnCall <── sender::client <── sender::dispatcher <── sender::limiter ───────────────┘
+//!  files, spool, journal ─── sources ────────┴─> queue::Ingest ─> queue::writer ─> sled
+//!                                                 (bounded)        (group commit,  (queue::store)
+//!                                                                   one fsync)          │
+//!  OnCall <── sender::client <── sender::dispatcher <── ratelimit::limiter ─────────────┘
 //!             (HTTP only, no     (order per key, retry,  (N per window, counted
 //!              redirects)         pause on 429, acks)     where OnCall counts)
-//!                                        └── sender::learn (OnCall's real windows,
+//!                                        └── ratelimit::learn (OnCall's real windows,
 //!                                            learned from its 429s)
 //! ```
 //!
@@ -21,32 +21,38 @@
 //!   408/429 makes it a dead letter, kept until an operator acts.
 //! - Every request (alerts, retries, probes) spends the integration's and the org's budget,
 //!   which persist across restarts.
-//! - [`config`] turns TOML into validated types once; [`app`] wires it together and owns
-//!   signals, reload, readiness, the watchdog and shutdown; [`cli`] is the command line;
-//!   [`status`] and [`metrics`] report; `sources::admin` serves the dead letters on the Unix
-//!   socket only; [`redact`] keeps tokens out of everything printed.
+//! - [`config`] turns TOML into validated types once; [`daemon`] starts the parts, applies a
+//!   reload as one typed [`daemon::ConfigDiff`], and stops them in order under one deadline;
+//!   [`cli`] is the command line; [`observe`] builds the status and the metrics from what the
+//!   parts publish (nothing imports it back); [`redact`] keeps tokens out of everything printed.
 //! - [`api`] is the OnCall HTTP API (not on an alert's path): `integrations`, `check-config
-//!   --online`, and integrations configured by `id`/`api_name`, resolved by [`app`] before the
-//!   sender starts and kept in sled for when the API is down.
+//!   --online`, and integrations configured by `id`/`api_name`, resolved before the sender
+//!   starts and kept in sled for when the API is down.
 //! - [`oncall`] builds the one HTTP client all of them use toward OnCall: it follows no
 //!   redirect, since a followed 301 turns an alert's POST into a GET that OnCall answers 200.
+//!
+//! The layers import downward only: `cli` → `daemon` → `server`, `sources` → `sender` →
+//! `ratelimit`, `queue` → `config`, `clock`, `redact`; `observe` reads `queue`, `sender` and
+//! `sources`. No two modules import each other.
 //!
 //! Conventions: `expect` on a mutex only fires if a thread panicked while holding it, and a
 //! panic aborts the release build (`panic = "abort"`: systemd restarts a whole daemon rather
 //! than leave a half-alive one), so lock poisoning is not handled further. Every other
 //! `expect` says why it cannot fail.
 
+pub mod alert;
 pub mod api;
-pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod fleet;
 pub mod local;
-pub mod metrics;
+pub mod observe;
 pub mod oncall;
 pub mod queue;
+pub mod ratelimit;
 pub mod redact;
 pub mod sender;
+pub mod server;
 pub mod sources;
-pub mod status;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use oncall_agent::clock::{Clock, ms};
 use oncall_agent::config::Rate;
-use oncall_agent::fleet::{Fleet, FleetConfig, Link, RawFleet, STRAGGLERS};
-use oncall_agent::sender::dispatcher::{DispatchError, fleet_budgets};
+use oncall_agent::config::{FleetConfig, RawFleet};
+use oncall_agent::fleet::{Fleet, Link, STRAGGLERS};
+use oncall_agent::sender::{DispatchError, fleet_budgets};
 use redis_server::RedisServer;
 use sim::{FakeOnCall, Network, RateChange, Sim, T0, check_budget, default_delivery, rate};
 use tokio::sync::{mpsc, watch};

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use oncall_agent::clock::Clock;
 use oncall_agent::config::Rate;
-use oncall_agent::fleet::scripts::{Group, Op, OpKind, ScopeArg, TurnCall, TurnReply};
-use oncall_agent::fleet::{Budgets, Fleet, FleetConfig, Keys, Link, RawFleet, ScopeKey};
+use oncall_agent::config::{FleetConfig, RawFleet};
+use oncall_agent::fleet::{
+    Budgets, Fleet, Group, Keys, Link, Op, OpKind, ScopeArg, ScopeKey, TurnCall, TurnReply,
+};
 use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
 
@@ -477,7 +479,7 @@ async fn hosts_are_listed_with_their_requests_in_the_org_budget() {
     let mut b = Host::new("web-02", 500);
     a.call(&mut c, &org, 3, 3, vec![]).await;
     b.call(&mut c, &org, 1, 1, vec![]).await;
-    let hosts = oncall_agent::fleet::scripts::hosts(&mut c, &Keys::new("test"), 10_000)
+    let hosts = oncall_agent::fleet::hosts(&mut c, &Keys::new("test"), 10_000)
         .await
         .unwrap();
     let seen: BTreeMap<String, u64> = hosts.iter().map(|h| (h.host.clone(), h.requests)).collect();

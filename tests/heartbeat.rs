@@ -9,11 +9,11 @@ use common::*;
 use oncall_agent::clock::Clock;
 use oncall_agent::config::Rate;
 use oncall_agent::queue::Store;
-use oncall_agent::queue::envelope::{Envelope, key_hash};
+use oncall_agent::queue::{Envelope, key_hash};
 use oncall_agent::redact::Secret;
-use oncall_agent::sender::client::DeliverFuture;
-use oncall_agent::sender::dispatcher::{SenderConfig, Target};
+use oncall_agent::sender::DeliverFuture;
 use oncall_agent::sender::{Dispatcher, Jitter, Outcome, Transport};
+use oncall_agent::sender::{SenderConfig, Target};
 use tokio::sync::{mpsc, watch};
 
 /// Records what arrives and when (on tokio's clock); accepts everything.
@@ -102,7 +102,7 @@ async fn heartbeats_go_first_and_spend_the_integrations_budget() {
         cfg,
         Clock::starting_at(1_000_000),
         Jitter::None,
-        Arc::default(),
+        watch::channel(Default::default()).0,
     )
     .unwrap();
     let (_ctl, ctl_rx) = mpsc::channel(1);
@@ -153,7 +153,7 @@ impl Transport for LimitsHeartbeats {
     }
     fn heartbeat(&self, _url: &Secret<reqwest::Url>) -> DeliverFuture {
         Box::pin(async {
-            oncall_agent::sender::outcome::classify(
+            oncall_agent::sender::classify(
                 429,
                 None,
                 None,
@@ -170,7 +170,7 @@ async fn a_429_on_a_heartbeat_is_counted_and_pauses_as_the_integrations() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(&dir.path().join("q"), 8 << 20).unwrap();
     let cfg = with_heartbeat("300/5m");
-    let board: oncall_agent::status::SharedBoard = Arc::default();
+    let (board, _) = watch::channel(Default::default());
     let d = Dispatcher::new(
         Arc::new(store),
         Arc::new(LimitsHeartbeats),
@@ -184,7 +184,7 @@ async fn a_429_on_a_heartbeat_is_counted_and_pauses_as_the_integrations() {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(d.run(ctl_rx, stop_rx));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let b = board.lock().unwrap().clone();
+    let b = board.borrow().clone();
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     let a = &b.integrations["a"].budget;

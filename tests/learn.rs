@@ -9,7 +9,7 @@ mod sim;
 use std::collections::BTreeMap;
 
 use oncall_agent::clock::Millis;
-use oncall_agent::sender::learn::WIDEST_FIRST;
+use oncall_agent::ratelimit::WIDEST_FIRST;
 use proptest::prelude::*;
 use sim::*;
 

@@ -148,7 +148,7 @@ async fn text_lines_become_formatted_webhook_alerts_with_a_stable_uid() {
     // Stable across releases: the uid is a documented function of the chosen fields.
     assert_eq!(
         a[0]["alert_uid"],
-        oncall_agent::sources::file::text_uid("db01 disk")
+        oncall_agent::sources::text_uid("db01 disk")
     );
 }
 

@@ -22,8 +22,8 @@ use std::time::Duration;
 use super::model::{self, ApiIntegration, MAX_PAGE_BYTES, ParseError, printable};
 use crate::clock::{Clock, Millis, ms};
 use crate::config::{ApiConfig, Rate, TokenError};
+use crate::ratelimit::{Limiter, LimiterSet, Scope, Slot};
 use crate::redact::Secret;
-use crate::sender::limiter::{Limiter, LimiterSet, Scope, Slot};
 use crate::sender::outcome::parse_retry_after;
 
 /// Most pages one listing follows (5,000 integrations at OnCall's default 50 per page).

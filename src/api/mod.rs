@@ -11,10 +11,10 @@
 //!
 //! Alerts never go through the API: they go to inbound integration URLs (`sender`).
 
-pub mod check;
-pub mod client;
-pub mod model;
-pub mod resolve;
+pub(crate) mod check;
+pub(crate) mod client;
+pub(crate) mod model;
+pub(crate) mod resolve;
 
 pub use client::{ApiClient, ApiError, Budget, HttpApi, Policy};
 pub use model::ApiIntegration;

@@ -25,8 +25,7 @@
 //!
 //! The local limiter stays in force as well: the fleet can only say later.
 
-pub mod config;
-pub mod scripts;
+pub(crate) mod scripts;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,13 +34,14 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, watch};
 
-pub use config::{FleetConfig, RawFleet};
-pub use scripts::{FleetError, HostSeen, Keys, ScopeKey};
+pub use scripts::{
+    FleetError, Group, HostSeen, Keys, Op, OpKind, ScopeArg, ScopeKey, ScopeUse, TurnCall,
+    TurnReply, hosts,
+};
 
 use crate::clock::{Clock, Millis, ms};
-use crate::config::Rate;
-use crate::sender::limiter::{Limiter, Slot};
-use scripts::{Group, Op, OpKind, ScopeArg, ScopeUse, TurnCall};
+use crate::config::{FleetConfig, Rate};
+use crate::ratelimit::{Limiter, Slot};
 
 /// A granted slot not used within this long after its call left is given back.
 pub const HOLD: Duration = Duration::from_secs(1);

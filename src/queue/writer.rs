@@ -13,10 +13,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::Received;
 use super::envelope::Envelope;
 use super::store::Store;
 use crate::clock::Clock;
-use crate::metrics::Received;
 
 /// One alert on its way into the queue.
 #[derive(Debug, Clone)]

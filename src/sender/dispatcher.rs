@@ -36,16 +36,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Transport;
-use super::learn::{Learner, Seen};
-use super::limiter::{LimiterSet, Scope};
 use super::outcome::{LimitScope, Outcome};
+use super::report::{BoardTx, LATENCY_BUCKETS, ScopeStatus, SenderBoard, SenderStatus};
 use crate::clock::{Clock, Millis, ms};
 use crate::config::{Config, Delivery, Rate};
 use crate::fleet::{Budgets, Fleet, FleetSlot, ScopeKey};
 use crate::queue::store::DeadLetter;
 use crate::queue::{Envelope, Store, StoreError};
+use crate::ratelimit::learn::{Learner, Seen};
+use crate::ratelimit::{LimiterSet, Scope};
 use crate::redact::Secret;
-use crate::status::{LATENCY_BUCKETS, ScopeStatus, SenderBoard, SenderStatus, SharedBoard};
 
 /// Alerts of one integration held in memory at most; refilled from sled below half.
 pub const WINDOW: usize = 512;
@@ -228,7 +228,7 @@ pub struct Dispatcher {
     in_flight: usize,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
-    board: SharedBoard,
+    board: BoardTx,
     /// Delivered alerts not yet removed from sled: (integration, seq, bytes). Removed in one
     /// batch per round of answers.
     acks: Vec<(String, u64, u64)>,
@@ -243,12 +243,12 @@ impl Dispatcher {
         cfg: SenderConfig,
         clock: Clock,
         jitter: Jitter,
-        board: SharedBoard,
+        board: BoardTx,
     ) -> Result<Dispatcher, DispatchError> {
         let now = clock.now();
         let limiters = LimiterSet::load(store.limiter_tree().clone(), scopes_of(&cfg), now)?;
         let mut learner = Learner::new(now);
-        for (scope, learned) in limiters.load_learned() {
+        for (scope, learned) in limiters.load_learned::<crate::ratelimit::learn::Learned>() {
             if let Some(l) = limiters.get(&scope) {
                 learner.seed(&scope, l.slots().iter().map(|s| (s.id, s.sent, s.until)));
             }
@@ -1153,7 +1153,7 @@ impl Dispatcher {
         let secs = |t: Millis| t.saturating_sub(now) as f64 / 1000.0;
         let org = self.limiters.get(&Scope::Org);
         board.org = ScopeStatus {
-            limit: self.org_rate.to_string(),
+            limit: Some(self.org_rate),
             used: org.map_or(0, |l| l.used(now) as u64),
             next_free_in_s: org.map_or(0.0, |l| secs(l.next_free(now))),
             paused_for_s: self.org_pause.as_ref().map(|p| secs(p.until)),
@@ -1177,7 +1177,7 @@ impl Dispatcher {
                 .get(&Scope::Integration(i.target.name.clone()));
             i.status.in_flight = i.in_flight as u64;
             i.status.next_attempt_in_s = next.map(secs);
-            i.status.budget.limit = i.target.rate.to_string();
+            i.status.budget.limit = Some(i.target.rate);
             i.status.budget.used = l.map_or(0, |l| l.used(now) as u64);
             i.status.budget.next_free_in_s = l.map_or(0.0, |l| secs(l.next_free(now)));
             i.status.budget.paused_for_s = i.pause.as_ref().map(|p| secs(p.until));
@@ -1189,7 +1189,7 @@ impl Dispatcher {
                 .integrations
                 .insert(i.target.name.clone(), i.status.clone());
         }
-        *self.board.lock().expect("board lock") = board;
+        self.board.send_replace(board);
     }
 }
 

@@ -1,12 +1,15 @@
-//! How alerts go out: the [`dispatcher`] decides, the [`limiter`] keeps every request inside
-//! OnCall's budgets, the [`client`] does HTTP, and [`outcome`] says what an answer means.
+//! How alerts go out: the [`dispatcher`] decides (within the budgets of `ratelimit`), the
+//! [`client`] does HTTP, and [`outcome`] says what an answer means; [`report`] is what the
+//! sender publishes about itself.
 
-pub mod client;
-pub mod dispatcher;
-pub mod learn;
-pub mod limiter;
-pub mod outcome;
+pub(crate) mod client;
+pub(crate) mod dispatcher;
+pub(crate) mod outcome;
+pub(crate) mod report;
 
-pub use client::{HttpTransport, Transport};
-pub use dispatcher::{Control, Dispatcher, Jitter, RetryNowReport, SenderConfig};
-pub use outcome::{LimitScope, Outcome};
+pub use client::{DeliverFuture, HttpTransport, Transport};
+pub use dispatcher::{
+    Control, DispatchError, Dispatcher, Jitter, RetryNowReport, SenderConfig, Target, fleet_budgets,
+};
+pub use outcome::{LimitScope, Outcome, classify};
+pub use report::{BoardTx, LATENCY_BUCKETS, ScopeStatus, SenderBoard, SenderStatus};

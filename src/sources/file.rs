@@ -58,13 +58,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::SourceBoard;
 use super::watch::DirWatch;
 use crate::config::{FileSource, LineFormat, StartAt};
 use crate::queue::envelope::key_hash;
 use crate::queue::store::{DeadLetter, META_PREFIX, MetaEntry};
 use crate::queue::writer::{Alert, Ingest, IngestError};
 use crate::queue::{Store, StoreError};
-use crate::status::SourceBoard;
 
 /// Bytes read per commit (more when `max_line` needs it). 1 MiB is ~5,000 lines of 200 bytes:
 /// few enough fsyncs for 50,000 lines/s, small enough to keep memory flat.
@@ -967,8 +967,7 @@ fn to_alert(
 ) -> Result<Alert, String> {
     let (payload, key) = match &src.format {
         LineFormat::Json => {
-            let key = crate::sources::http::parse_alert(line)
-                .map_err(|e| e.replacen("the body", "the line", 1))?;
+            let key = crate::alert::parse_alert(line).map_err(|e| e.describe("the line"))?;
             (line.to_vec(), key)
         }
         LineFormat::Text { uid_fields } => {
@@ -1035,7 +1034,7 @@ pub async fn run(
     board: SourceBoard,
     clock: crate::clock::Clock,
 ) {
-    let report = crate::status::source_reporter(board, "file", &src.path);
+    let report = super::source_reporter(board, "file", &src.path);
     report(&|_| {});
     let mut dirs = DirWatch::new(vec![src.dir.clone()]);
     let poll = src.poll_interval;

@@ -50,12 +50,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::SourceBoard;
 use super::file::{DEAD_PREFIX, Refused, bounded_alert, dead_letters, say_again, sleep_or_stop};
 use crate::config::{JournalSource, PRIORITY_NAMES, StartAt};
 use crate::queue::envelope::key_hash;
 use crate::queue::store::{META_PREFIX, MetaEntry};
 use crate::queue::writer::{Alert, Ingest, IngestError};
-use crate::status::SourceBoard;
 
 /// Lines waiting between the reader thread and the committing task. With the default
 /// `max_line` (64 KiB) at most 8 MiB, and far less for ordinary entries.
@@ -825,7 +825,7 @@ pub async fn run(
     board: SourceBoard,
     clock: crate::clock::Clock,
 ) {
-    let report = crate::status::source_reporter(board, "journal", Path::new(&src.name));
+    let report = super::source_reporter(board, "journal", Path::new(&src.name));
     report(&|_| {});
     let store = ingest.store().clone();
     let name = src.name.as_str();
@@ -1046,7 +1046,7 @@ async fn commit_items(
     src: &JournalSource,
     ingest: &Ingest,
     mut items: Vec<Item>,
-    report: &impl Fn(&dyn Fn(&mut crate::status::SourceStatus)),
+    report: &impl Fn(&dyn Fn(&mut super::SourceStatus)),
     said: &mut Option<(std::mem::Discriminant<IngestError>, Instant)>,
     stop: &mut watch::Receiver<bool>,
     clock: crate::clock::Clock,

@@ -1,7 +1,6 @@
-//! How alerts come in. Every source hands alerts to `queue::Ingest` and never writes alerts to
-//! sled itself.
+//! The `[[source]]`s: alerts the agent reads for itself (the HTTP API is `server`). Every
+//! source hands alerts to `queue::Ingest` and never writes alerts to sled itself.
 //!
-//! - [`http`]: the local HTTP API (Unix socket and loopback TCP); [`admin`] beside it.
 //! - [`file`]: `[[source]] type = "file"`, lines appended to files, rotation followed; the read
 //!   position is committed in the same atomic write as the alerts read up to it.
 //! - [`spool`]: `[[source]] type = "spool"`, one alert per file dropped in a folder; also where
@@ -10,19 +9,19 @@
 //!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
 //! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
 
-pub mod admin;
-pub mod file;
-pub mod http;
-pub mod journal;
-pub mod spool;
-pub mod watch;
+pub(crate) mod file;
+pub(crate) mod journal;
+pub(crate) mod report;
+pub(crate) mod spool;
+pub(crate) mod watch;
 
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::{Config, Source};
 use crate::queue::Ingest;
-use crate::status::SourceBoard;
+pub use file::{run as tail_file, text_uid};
+pub use report::{SourceBoard, SourceStatus, source_reporter};
 
 /// Starts every configured `[[source]]`. Each task stops when `stop` turns true (after the
 /// commit it is in, if any) and drops its [`Ingest`] handle, which the writer waits for. A

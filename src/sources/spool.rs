@@ -31,11 +31,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::SourceBoard;
 use super::file::sleep_or_stop;
 use super::watch::DirWatch;
 use crate::config::SpoolSource;
 use crate::queue::writer::{Alert, Ingest, IngestError};
-use crate::status::SourceBoard;
 
 /// Folder entries looked at per integration folder and listing.
 pub const MAX_LISTING: usize = 10_000;
@@ -376,8 +376,8 @@ fn read_alert(path: &Path, max_body: usize) -> Result<(Vec<u8>, u64), ReadError>
             "it is larger than queue.max_body ({max_body} bytes)"
         )));
     }
-    let key = crate::sources::http::parse_alert(&body)
-        .map_err(|e| ReadError::Bad(e.replacen("the body", "the file", 1)))?;
+    let key =
+        crate::alert::parse_alert(&body).map_err(|e| ReadError::Bad(e.describe("the file")))?;
     Ok((body, key))
 }
 
@@ -390,7 +390,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     board: SourceBoard,
 ) {
-    let report = crate::status::source_reporter(board, "spool", &src.path);
+    let report = super::source_reporter(board, "spool", &src.path);
     report(&|_| {});
     let poll = src.poll_interval;
     let mut spool = Some(Spool {

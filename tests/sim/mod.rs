@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use oncall_agent::clock::{Clock, Millis};
 use oncall_agent::config::{Delivery, Rate};
-use oncall_agent::queue::envelope::key_hash;
+use oncall_agent::queue::key_hash;
 use oncall_agent::queue::{Envelope, Store};
 use oncall_agent::redact::Secret;
-use oncall_agent::sender::client::DeliverFuture;
-use oncall_agent::sender::dispatcher::{DispatchError, Target};
-use oncall_agent::sender::outcome::{Outcome, classify};
+use oncall_agent::sender::DeliverFuture;
+use oncall_agent::sender::{BoardTx, SenderBoard};
 use oncall_agent::sender::{Control, Dispatcher, Jitter, SenderConfig, Transport};
-use oncall_agent::status::{SenderBoard, SharedBoard};
+use oncall_agent::sender::{DispatchError, Target};
+use oncall_agent::sender::{Outcome, classify};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
@@ -399,7 +399,7 @@ pub struct Sim {
     pub store: Arc<Store>,
     pub clock: Clock,
     pub fake: FakeOnCall,
-    pub board: SharedBoard,
+    pub board: BoardTx,
     pub cfg: SenderConfig,
     pub jitter: Jitter,
     /// Every rate the agent ran with, oldest first (for the invariant check).
@@ -440,7 +440,7 @@ impl Sim {
             store,
             clock,
             fake: FakeOnCall::new(clock, seed),
-            board: SharedBoard::default(),
+            board: tokio::sync::watch::channel(SenderBoard::default()).0,
             cfg,
             jitter: Jitter::None,
             history: Vec::new(),
@@ -665,7 +665,7 @@ impl Sim {
     }
 
     pub fn board(&self) -> SenderBoard {
-        self.board.lock().unwrap().clone()
+        self.board.borrow().clone()
     }
 
     /// Alert numbers OnCall accepted at least once, per integration.

@@ -271,7 +271,7 @@ impl LimiterSet {
     }
 
     /// What was learned of OnCall's windows, per scope, as persisted.
-    pub fn load_learned(&self) -> Vec<(Scope, super::learn::Learned)> {
+    pub fn load_learned<T: serde::de::DeserializeOwned>(&self) -> Vec<(Scope, T)> {
         self.tree
             .scan_prefix(LEARN_PREFIX)
             .filter_map(Result::ok)
@@ -282,9 +282,9 @@ impl LimiterSet {
     }
 
     /// Writes what was learned (not flushed: the next flush of the turn takes it).
-    pub fn save_learned<'a>(
+    pub fn save_learned<'a, T: serde::Serialize + 'a>(
         &self,
-        learned: impl Iterator<Item = (&'a Scope, &'a super::learn::Learned)>,
+        learned: impl Iterator<Item = (&'a Scope, &'a T)>,
         forgotten: &[Scope],
     ) -> Result<(), sled::Error> {
         for s in forgotten {

@@ -22,7 +22,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::http::{ApiError, HttpState, parse_alert};
+use super::{ApiError, HttpState};
+use crate::alert::parse_alert;
 use crate::clock::{Millis, ms};
 use crate::queue::StoreError;
 use crate::queue::store::DeadLetter;
@@ -220,6 +221,7 @@ fn revive(st: &HttpState, d: &DeadLetter) -> Result<Alert, String> {
         ));
     }
     let key_hash = parse_alert(d.payload.as_bytes()).map_err(|e| {
+        let e = e.describe("the payload");
         format!("its payload cannot be sent again ({e}); purge it once you have read it")
     })?;
     Ok(Alert {

@@ -1,6 +1,6 @@
-//! `[fleet]`: where the fleet's shared budget lives and what this host may do alone. Parsed
-//! (serde, `deny_unknown_fields`), then validated into [`FleetConfig`] with errors that name the
-//! field.
+//! `[fleet]`: where the fleet's shared budget lives (see `crate::fleet`) and what this host
+//! may do alone. Parsed (serde, `deny_unknown_fields`), then validated into [`FleetConfig`]
+//! with errors that name the field.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

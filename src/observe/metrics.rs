@@ -9,53 +9,18 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::Rate;
-use crate::status::{LATENCY_BUCKETS, Reporter, ScopeStatus, StatusReport};
+use super::status::{IntegrationReport, Reporter, StatusReport};
+use crate::sender::{LATENCY_BUCKETS, ScopeStatus};
 
 /// The content type of [`render`]'s answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Labels of the received counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReceivedLabels {
-    /// "unix", "tcp", "internal" (the agent's own alerts), or a file source's name.
-    pub source: String,
-    pub integration: String,
-}
-
-/// Alerts made durable, by source and integration. Cheap to clone; clones share the counts.
-/// Bounded: sources are a fixed set and integration names are checked before counting.
-#[derive(Clone, Debug, Default)]
-pub struct Received(Family<ReceivedLabels, Counter>);
-
-impl Received {
-    pub fn inc(&self, source: &str, integration: &str) {
-        self.0
-            .get_or_create(&ReceivedLabels {
-                source: source.to_string(),
-                integration: integration.to_string(),
-            })
-            .inc();
-    }
-
-    /// The count for one (source, integration), for tests and status.
-    pub fn get(&self, source: &str, integration: &str) -> u64 {
-        self.0
-            .get(&ReceivedLabels {
-                source: source.to_string(),
-                integration: integration.to_string(),
-            })
-            .map_or(0, |c| c.get())
-    }
-}
 
 /// Renders every metric: the `received` counter and a fresh [`StatusReport`].
 pub fn render(reporter: &Reporter) -> String {
@@ -63,7 +28,7 @@ pub fn render(reporter: &Reporter) -> String {
     registry.register(
         "alerts_received",
         "Alerts accepted and made durable, by source and integration",
-        reporter.received.0.clone(),
+        reporter.received.family(),
     );
     registry.register(
         "build",
@@ -117,7 +82,6 @@ fn family<T: EncodeMetric>(
 /// Requests that may still go out in the current window of a budget.
 fn budget_left(s: &ScopeStatus) -> i64 {
     s.limit
-        .parse::<Rate>()
         .map_or(0, |r| i64::from(r.count) - s.used as i64)
         .max(0)
 }
@@ -125,19 +89,25 @@ fn budget_left(s: &ScopeStatus) -> i64 {
 impl Collector for ReportCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let r = &self.report;
+        Self::delivery(r, &mut enc)?;
+        Self::queue(r, &mut enc)?;
+        Self::budgets(r, &mut enc)?;
+        Self::host(r, &mut enc)?;
+        Self::latency(r, &mut enc)
+    }
+}
+
+impl ReportCollector {
+    /// What happened to the alerts sent.
+    fn delivery(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ints = &r.integrations;
-        let counter = |f: &dyn Fn(&crate::status::IntegrationReport) -> u64| {
+        let counter = |f: &dyn Fn(&IntegrationReport) -> u64| {
             ints.iter()
                 .map(|i| (int(&i.name), ConstCounter::new(f(i))))
                 .collect::<Vec<_>>()
         };
-        let gauge = |f: &dyn Fn(&crate::status::IntegrationReport) -> i64| {
-            ints.iter()
-                .map(|i| (int(&i.name), ConstGauge::new(f(i))))
-                .collect::<Vec<_>>()
-        };
         family(
-            &mut enc,
+            enc,
             "alerts_delivered",
             "Alerts OnCall accepted (2xx)",
             None,
@@ -145,7 +115,7 @@ impl Collector for ReportCollector {
             counter(&|i| i.sender.delivered_total),
         )?;
         family(
-            &mut enc,
+            enc,
             "delivery_retries",
             "Failed delivery attempts that will be retried (5xx, 408, timeouts, network errors)",
             None,
@@ -153,35 +123,38 @@ impl Collector for ReportCollector {
             counter(&|i| i.sender.retried_total),
         )?;
         family(
-            &mut enc,
+            enc,
             "alerts_dead_lettered",
             "Alerts OnCall refused for good, kept as dead letters",
             None,
             MetricType::Counter,
             counter(&|i| i.sender.dead_lettered_total),
         )?;
-        let mut limited: Vec<(Labels, ConstCounter)> = ints
-            .iter()
-            .map(|i| {
-                let mut l = vec![("scope", "integration".to_string())];
-                l.extend(int(&i.name));
-                (l, ConstCounter::new(i.sender.budget.rate_limited_total))
-            })
+        let limited = scoped(r, false, &|s| Some(s.rate_limited_total))
+            .into_iter()
+            .map(|(l, n)| (l, ConstCounter::new(n)))
             .collect();
-        limited.push((
-            vec![("scope", "org".to_string())],
-            ConstCounter::new(r.org.rate_limited_total),
-        ));
         family(
-            &mut enc,
+            enc,
             "rate_limited",
             "429 answers from OnCall, by the budget that ran out",
             None,
             MetricType::Counter,
             limited,
         )?;
+        Ok(())
+    }
+
+    /// What waits.
+    fn queue(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ints = &r.integrations;
+        let gauge = |f: &dyn Fn(&IntegrationReport) -> i64| {
+            ints.iter()
+                .map(|i| (int(&i.name), ConstGauge::new(f(i))))
+                .collect::<Vec<_>>()
+        };
         family(
-            &mut enc,
+            enc,
             "queue_alerts",
             "Alerts waiting in the queue",
             None,
@@ -189,7 +162,7 @@ impl Collector for ReportCollector {
             gauge(&|i| i.depth as i64),
         )?;
         family(
-            &mut enc,
+            enc,
             "queue",
             "Bytes the waiting alerts take in the queue",
             Some(&Unit::Bytes),
@@ -197,7 +170,7 @@ impl Collector for ReportCollector {
             gauge(&|i| i.bytes as i64),
         )?;
         family(
-            &mut enc,
+            enc,
             "queue_max",
             "Queue size above which ingest answers 503",
             Some(&Unit::Bytes),
@@ -205,7 +178,7 @@ impl Collector for ReportCollector {
             vec![(Vec::new(), ConstGauge::new(r.queue_max_bytes as i64))],
         )?;
         family(
-            &mut enc,
+            enc,
             "queue_oldest_age",
             "Age of the oldest waiting alert (0 when none waits)",
             Some(&Unit::Seconds),
@@ -215,36 +188,35 @@ impl Collector for ReportCollector {
                 .collect(),
         )?;
         family(
-            &mut enc,
+            enc,
             "dead_letters",
             "Dead letters kept, waiting for an operator (oncall-agent dead list)",
             None,
             MetricType::Gauge,
             vec![(Vec::new(), ConstGauge::new(r.dead_letters as i64))],
         )?;
+        Ok(())
+    }
+
+    /// Requests in flight, the budgets and what was learned of OnCall's windows.
+    fn budgets(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ints = &r.integrations;
+        let gauge = |f: &dyn Fn(&IntegrationReport) -> i64| {
+            ints.iter()
+                .map(|i| (int(&i.name), ConstGauge::new(f(i))))
+                .collect::<Vec<_>>()
+        };
         family(
-            &mut enc,
+            enc,
             "in_flight",
             "Requests to OnCall waiting for an answer",
             None,
             MetricType::Gauge,
             gauge(&|i| i.sender.in_flight as i64),
         )?;
-        let mut left: Vec<(Labels, ConstGauge)> = ints
-            .iter()
-            .filter(|i| i.sender.configured)
-            .map(|i| {
-                let mut l = vec![("scope", "integration".to_string())];
-                l.extend(int(&i.name));
-                (l, ConstGauge::new(budget_left(&i.sender.budget)))
-            })
-            .collect();
-        left.push((
-            vec![("scope", "org".to_string())],
-            ConstGauge::new(budget_left(&r.org)),
-        ));
+        let left = gauges(scoped(r, true, &|s| Some(budget_left(s))));
         family(
-            &mut enc,
+            enc,
             "budget_remaining",
             "Requests that may still go out in the current rate-limit window",
             None,
@@ -252,22 +224,9 @@ impl Collector for ReportCollector {
             left,
         )?;
         // What was learned of OnCall's real windows (only scopes where something was).
-        let learned = |f: &dyn Fn(&ScopeStatus) -> Option<i64>| {
-            let mut v: Vec<(Labels, ConstGauge)> = ints
-                .iter()
-                .filter_map(|i| {
-                    let mut l = vec![("scope", "integration".to_string())];
-                    l.extend(int(&i.name));
-                    Some((l, ConstGauge::new(f(&i.sender.budget)?)))
-                })
-                .collect();
-            if let Some(x) = f(&r.org) {
-                v.push((vec![("scope", "org".to_string())], ConstGauge::new(x)));
-            }
-            v
-        };
+        let learned = |f: &dyn Fn(&ScopeStatus) -> Option<i64>| gauges(scoped(r, false, f));
         family(
-            &mut enc,
+            enc,
             "learned_limit",
             "Requests per window OnCall was seen to take, learned from its 429s",
             None,
@@ -275,30 +234,18 @@ impl Collector for ReportCollector {
             learned(&|s| s.learned_limit.map(i64::from)),
         )?;
         family(
-            &mut enc,
+            enc,
             "learned_reset",
             "Time until OnCall's next rate-limit window begins, as learned from its 429s",
             Some(&Unit::Seconds),
             MetricType::Gauge,
             learned(&|s| s.learned_reset_in_s.map(|x| x.ceil() as i64)),
         )?;
-        let mut paused: Vec<(Labels, ConstGauge)> = ints
-            .iter()
-            .map(|i| {
-                let mut l = vec![("scope", "integration".to_string())];
-                l.extend(int(&i.name));
-                (
-                    l,
-                    ConstGauge::new(i64::from(i.sender.budget.paused_for_s.is_some())),
-                )
-            })
-            .collect();
-        paused.push((
-            vec![("scope", "org".to_string())],
-            ConstGauge::new(i64::from(r.org.paused_for_s.is_some())),
-        ));
+        let paused = gauges(scoped(r, false, &|s| {
+            Some(i64::from(s.paused_for_s.is_some()))
+        }));
         family(
-            &mut enc,
+            enc,
             "paused",
             "1 while sending is paused after a 429",
             None,
@@ -306,16 +253,21 @@ impl Collector for ReportCollector {
             paused,
         )?;
         family(
-            &mut enc,
+            enc,
             "integration_configured",
             "1 if the integration is in the config; 0 for a removed one whose alerts are kept",
             None,
             MetricType::Gauge,
             gauge(&|i| i64::from(i.sender.configured)),
         )?;
+        Ok(())
+    }
+
+    /// The disk and the process.
+    fn host(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(free) = r.disk.free_bytes {
             family(
-                &mut enc,
+                enc,
                 "disk_free",
                 "Space free for the agent on the disk holding the queue",
                 Some(&Unit::Bytes),
@@ -324,7 +276,7 @@ impl Collector for ReportCollector {
             )?;
         }
         family(
-            &mut enc,
+            enc,
             "disk_refusing_alerts",
             "1 while alerts are refused because the disk holding the queue has less than queue.min_free_space free",
             None,
@@ -335,21 +287,25 @@ impl Collector for ReportCollector {
             )],
         )?;
         family(
-            &mut enc,
+            enc,
             "uptime",
             "Time since the daemon started",
             Some(&Unit::Seconds),
             MetricType::Gauge,
             vec![(Vec::new(), ConstGauge::new(r.uptime_s as i64))],
         )?;
+        Ok(())
+    }
 
+    /// From sending an alert to OnCall's 2xx, per integration.
+    fn latency(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut m = enc.encode_descriptor(
             "delivery_latency",
             "Time from sending an alert to OnCall's 2xx answer.",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for i in ints {
+        for i in &r.integrations {
             let labels = int(&i.name);
             let count = i.sender.delivered_total;
             // The sender keeps cumulative counts; the encoder wants each bucket's own.
@@ -372,6 +328,32 @@ impl Collector for ReportCollector {
     }
 }
 
+/// One value per scope: each integration (`configured_only`: only those in the config), then
+/// the organization; scopes where `f` has nothing are left out.
+fn scoped<T>(
+    r: &StatusReport,
+    configured_only: bool,
+    f: &dyn Fn(&ScopeStatus) -> Option<T>,
+) -> Vec<(Labels, T)> {
+    let ints = r
+        .integrations
+        .iter()
+        .filter(|i| !configured_only || i.sender.configured)
+        .filter_map(|i| {
+            let mut l = vec![("scope", "integration".to_string())];
+            l.extend(int(&i.name));
+            Some((l, f(&i.sender.budget)?))
+        });
+    let org = f(&r.org).map(|x| (vec![("scope", "org".to_string())], x));
+    ints.chain(org).collect()
+}
+
+fn gauges(v: Vec<(Labels, i64)>) -> Vec<(Labels, ConstGauge)> {
+    v.into_iter()
+        .map(|(l, x)| (l, ConstGauge::new(x)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,13 +361,13 @@ mod tests {
     #[test]
     fn budget_left_reads_the_limit_text() {
         let s = ScopeStatus {
-            limit: "300/5m".into(),
+            limit: Some("300/5m".parse().unwrap()),
             used: 120,
             ..Default::default()
         };
         assert_eq!(budget_left(&s), 180);
         let spent = ScopeStatus {
-            limit: "10/1m".into(),
+            limit: Some("10/1m".parse().unwrap()),
             used: 12,
             ..Default::default()
         };

@@ -2,72 +2,16 @@
 //! metrics are all built from these types.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
 use crate::config::Rate;
-use crate::queue::Store;
-
-/// One budget (an integration's or the organization's).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ScopeStatus {
-    /// The budget, e.g. "300/5m".
-    pub limit: String,
-    /// Requests that may count in the current window.
-    pub used: u64,
-    /// Seconds until a request may go out in this scope (0 = now).
-    pub next_free_in_s: f64,
-    /// Seconds until the pause after a 429 ends (or the next probe), if paused.
-    pub paused_for_s: Option<f64>,
-    /// Why it is paused.
-    pub paused_reason: Option<String>,
-    /// 429 answers counted against this scope since start.
-    pub rate_limited_total: u64,
-    /// Requests per window OnCall was seen to take here, once learned from its 429s.
-    #[serde(default)]
-    pub learned_limit: Option<u32>,
-    /// Seconds until OnCall's next window begins here, once learned.
-    #[serde(default)]
-    pub learned_reset_in_s: Option<f64>,
-}
-
-/// Everything the sender knows about one integration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct SenderStatus {
-    /// The URL with its token redacted.
-    pub url: String,
-    pub configured: bool,
-    pub delivered_total: u64,
-    pub retried_total: u64,
-    pub dead_lettered_total: u64,
-    /// Heartbeats OnCall accepted.
-    pub heartbeats_total: u64,
-    pub in_flight: u64,
-    /// The latest failure, in words (never holds the token).
-    pub last_error: Option<String>,
-    /// Seconds until the next attempt is allowed, when something is waiting.
-    pub next_attempt_in_s: Option<f64>,
-    pub budget: ScopeStatus,
-    /// Sum of delivery latencies (seconds) and their count, for the metrics.
-    pub latency_sum_s: f64,
-    /// Delivery latencies by bucket upper bound (see `LATENCY_BUCKETS`).
-    pub latency_buckets: Vec<u64>,
-}
-
-/// Upper bounds (seconds) of the delivery latency histogram.
-pub const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// The sender's half of the status, published by the dispatcher after each turn.
-#[derive(Debug, Clone, Default)]
-pub struct SenderBoard {
-    pub at: Millis,
-    pub integrations: BTreeMap<String, SenderStatus>,
-    pub org: ScopeStatus,
-}
-
-pub type SharedBoard = Arc<Mutex<SenderBoard>>;
+use crate::queue::{Received, Store};
+use crate::sender::{ScopeStatus, SenderBoard, SenderStatus};
+use crate::sources::{SourceBoard, SourceStatus};
 
 /// One integration as `/v1/status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -82,51 +26,6 @@ pub struct IntegrationReport {
     pub drain_estimate: Option<String>,
     #[serde(flatten)]
     pub sender: SenderStatus,
-}
-
-/// One `[[source]]` (a tailed path, the spool folder, a journal source) as `/v1/status` shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct SourceStatus {
-    /// "file", "spool" or "journal".
-    pub kind: String,
-    /// The path as configured (a journal source: its name).
-    pub path: String,
-    /// Files being followed (file) or waiting to be read (spool); a journal source: 1 while
-    /// its journalctl runs, else 0.
-    pub files: u64,
-    /// Alerts it put in the queue since start.
-    pub alerts_total: u64,
-    /// Lines or files it could not forward since start: tailed lines went to the dead
-    /// letters, spool files to `failed/`.
-    pub refused_total: u64,
-    /// Why the latest one was refused.
-    pub last_refused: Option<String>,
-    /// The latest trouble reading or queueing (cleared by the next success).
-    pub last_error: Option<String>,
-}
-
-/// The sources' half of the status, keyed by "<kind> <path>", updated by each source.
-pub type SourceBoard = Arc<Mutex<BTreeMap<String, SourceStatus>>>;
-
-/// Returns a function through which one source updates its entry on the board (created on
-/// first use with its kind and path).
-pub fn source_reporter(
-    board: SourceBoard,
-    kind: &'static str,
-    path: &std::path::Path,
-) -> impl Fn(&dyn Fn(&mut SourceStatus)) {
-    let name = format!("{kind} {}", path.display());
-    let path = path.display().to_string();
-    move |f: &dyn Fn(&mut SourceStatus)| {
-        // The board's lock is only poisoned by a panic (and release builds abort on panic).
-        let mut b = board.lock().expect("sources lock");
-        let s = b.entry(name.clone()).or_insert_with(|| SourceStatus {
-            kind: kind.into(),
-            path: path.clone(),
-            ..Default::default()
-        });
-        f(s);
-    }
 }
 
 /// The disk holding the queue.
@@ -163,14 +62,14 @@ pub struct StatusReport {
 /// Builds [`StatusReport`]s from the queue's counters and the sender's board.
 pub struct Reporter {
     pub store: Arc<Store>,
-    pub board: SharedBoard,
+    pub board: tokio::sync::watch::Receiver<SenderBoard>,
     pub clock: Clock,
     pub started: Millis,
     pub max_bytes: u64,
     /// Each configured integration's budget, for drain estimates; replaced on reload.
     pub rates: Mutex<BTreeMap<String, Rate>>,
     /// Alerts received by source and integration (counted by `queue::Ingest`).
-    pub received: crate::metrics::Received,
+    pub received: Received,
     /// What the file and spool sources report about themselves.
     pub sources: SourceBoard,
 }
@@ -178,7 +77,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn report(&self) -> StatusReport {
         let now = self.clock.now();
-        let board = self.board.lock().expect("board lock").clone();
+        let board = self.board.borrow().clone();
         let rates = self.rates.lock().expect("rates lock").clone();
         let depths = self.store.depths();
         let mut names: Vec<&String> = rates.keys().collect();
@@ -200,7 +99,7 @@ impl Reporter {
                 };
                 // The slower of the integration's budget and the org's: when the org budget
                 // binds, the integration cannot drain faster than it (it may share it, too).
-                let org_rate = board.org.limit.parse::<Rate>().ok();
+                let org_rate = board.org.limit;
                 let slower = |r: &Rate| match org_rate {
                     Some(o)
                         if (o.count as f64 / o.per.as_secs_f64())
@@ -210,14 +109,10 @@ impl Reporter {
                     }
                     _ => *r,
                 };
-                let drain = rates.get(name).map(slower).and_then(|r| {
-                    drain_estimate(
-                        d.alerts,
-                        r.count as u64,
-                        r.per.as_secs_f64(),
-                        &r.to_string(),
-                    )
-                });
+                let drain = rates
+                    .get(name)
+                    .map(slower)
+                    .and_then(|r| drain_estimate(d.alerts, r));
                 IntegrationReport {
                     name: name.clone(),
                     depth: d.alerts,
@@ -257,11 +152,12 @@ impl Reporter {
 }
 
 /// "~14 min to drain at 300/5m", when `depth` alerts take longer than one window.
-pub fn drain_estimate(depth: u64, count: u64, window_s: f64, limit: &str) -> Option<String> {
+pub fn drain_estimate(depth: u64, limit: Rate) -> Option<String> {
+    let count = u64::from(limit.count);
     if count == 0 || depth <= count {
         return None;
     }
-    let secs = (depth as f64 / count as f64) * window_s;
+    let secs = (depth as f64 / count as f64) * limit.per.as_secs_f64();
     let human = if secs >= 5400.0 {
         format!("~{:.1} h", secs / 3600.0)
     } else {
@@ -307,8 +203,24 @@ impl StatusReport {
 
     /// The `status` CLI's table.
     pub fn table(&self) -> String {
-        use std::fmt::Write;
         let mut s = String::new();
+        self.header_lines(&mut s);
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",
+            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET"
+        );
+        for i in &self.integrations {
+            integration_line(&mut s, i);
+        }
+        for src in &self.sources {
+            source_line(&mut s, src);
+        }
+        s
+    }
+
+    /// The agent, the org budget, dead letters and the disk, above the table.
+    fn header_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "oncall-agent {} up {}s; queue {} of {} bytes; {} dead letters",
@@ -317,7 +229,7 @@ impl StatusReport {
         let _ = writeln!(
             s,
             "org budget {}: {}",
-            self.org.limit,
+            shown(self.org.limit),
             scope_line(&self.org)
         );
         if self.dead_letters > 0 {
@@ -341,64 +253,68 @@ impl StatusReport {
                 mib(self.disk.min_free_bytes)
             );
         }
-        let _ = writeln!(
-            s,
-            "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} STATE",
-            "INTEGRATION", "QUEUED", "OLDEST", "SENT", "RETRIED", "DEAD", "BUDGET"
-        );
-        for i in &self.integrations {
-            let oldest = i
-                .oldest_age_s
-                .map_or("-".to_string(), |a| format!("{a:.0}s"));
-            let budget = format!("{} used of {}", i.sender.budget.used, i.sender.budget.limit);
-            let mut state = if !i.sender.configured {
-                "NOT CONFIGURED: alerts kept".to_string()
-            } else {
-                scope_line(&i.sender.budget)
-            };
-            if let Some(n) = i.sender.next_attempt_in_s {
-                let _ = write!(state, "; next attempt in {n:.1}s");
-            }
-            if let Some(d) = &i.drain_estimate {
-                let _ = write!(state, "; {d}");
-            }
-            if let Some(e) = &i.sender.last_error {
-                let _ = write!(state, "; last error: {e}");
-            }
-            let _ = writeln!(
-                s,
-                "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
-                i.name,
-                i.depth,
-                oldest,
-                i.sender.delivered_total,
-                i.sender.retried_total,
-                i.sender.dead_lettered_total,
-                budget,
-                state
-            );
-        }
-        for src in &self.sources {
-            let files = match (src.kind.as_str(), src.files) {
-                ("journal", 0) => "journalctl not running".to_string(),
-                ("journal", _) => "journalctl running".to_string(),
-                (_, n) => format!("{n} files"),
-            };
-            let _ = write!(
-                s,
-                "source {} {}: {files}, {} alerts queued, {} refused",
-                src.kind, src.path, src.alerts_total, src.refused_total
-            );
-            if let Some(r) = &src.last_refused {
-                let _ = write!(s, " (latest: {r})");
-            }
-            if let Some(e) = &src.last_error {
-                let _ = write!(s, "; last error: {e}");
-            }
-            s.push('\n');
-        }
-        s
     }
+}
+
+fn integration_line(s: &mut String, i: &IntegrationReport) {
+    let oldest = i
+        .oldest_age_s
+        .map_or("-".to_string(), |a| format!("{a:.0}s"));
+    let budget = format!(
+        "{} used of {}",
+        i.sender.budget.used,
+        shown(i.sender.budget.limit)
+    );
+    let mut state = if !i.sender.configured {
+        "NOT CONFIGURED: alerts kept".to_string()
+    } else {
+        scope_line(&i.sender.budget)
+    };
+    if let Some(n) = i.sender.next_attempt_in_s {
+        let _ = write!(state, "; next attempt in {n:.1}s");
+    }
+    if let Some(d) = &i.drain_estimate {
+        let _ = write!(state, "; {d}");
+    }
+    if let Some(e) = &i.sender.last_error {
+        let _ = write!(state, "; last error: {e}");
+    }
+    let _ = writeln!(
+        s,
+        "{:<20} {:>8} {:>9} {:>9} {:>7} {:>5}  {:<28} {}",
+        i.name,
+        i.depth,
+        oldest,
+        i.sender.delivered_total,
+        i.sender.retried_total,
+        i.sender.dead_lettered_total,
+        budget,
+        state
+    );
+}
+
+fn source_line(s: &mut String, src: &SourceStatus) {
+    let files = match (src.kind.as_str(), src.files) {
+        ("journal", 0) => "journalctl not running".to_string(),
+        ("journal", _) => "journalctl running".to_string(),
+        (_, n) => format!("{n} files"),
+    };
+    let _ = write!(
+        s,
+        "source {} {}: {files}, {} alerts queued, {} refused",
+        src.kind, src.path, src.alerts_total, src.refused_total
+    );
+    if let Some(r) = &src.last_refused {
+        let _ = write!(s, " (latest: {r})");
+    }
+    if let Some(e) = &src.last_error {
+        let _ = write!(s, "; last error: {e}");
+    }
+    s.push('\n');
+}
+
+fn shown(limit: Option<Rate>) -> String {
+    limit.map_or_else(|| "-".into(), |r| r.to_string())
 }
 
 fn scope_line(s: &ScopeStatus) -> String {
@@ -419,15 +335,20 @@ fn scope_line(s: &ScopeStatus) -> String {
 mod tests {
     use super::*;
 
+    const FIVE_MIN: Rate = Rate {
+        count: 300,
+        per: std::time::Duration::from_secs(300),
+    };
+
     #[test]
     fn drain_estimate_only_beyond_one_window() {
-        assert_eq!(drain_estimate(200, 300, 300.0, "300/5m"), None);
+        assert_eq!(drain_estimate(200, FIVE_MIN), None);
         assert_eq!(
-            drain_estimate(840, 300, 300.0, "300/5m").as_deref(),
+            drain_estimate(840, FIVE_MIN).as_deref(),
             Some("~14 min to drain at 300/5m")
         );
         assert_eq!(
-            drain_estimate(36_000, 300, 300.0, "300/5m").as_deref(),
+            drain_estimate(36_000, FIVE_MIN).as_deref(),
             Some("~10.0 h to drain at 300/5m")
         );
     }

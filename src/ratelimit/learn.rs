@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::limiter::Scope;
+use super::Scope;
 use crate::clock::Millis;
 
 /// OnCall's window: django-ratelimit's fixed 300 s.
