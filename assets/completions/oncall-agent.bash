@@ -22,6 +22,9 @@ _oncall__agent() {
             oncall__agent,dead)
                 cmd="oncall__agent__subcmd__dead"
                 ;;
+            oncall__agent,fleet)
+                cmd="oncall__agent__subcmd__fleet"
+                ;;
             oncall__agent,generate-assets)
                 cmd="oncall__agent__subcmd__generate__subcmd__assets"
                 ;;
@@ -79,6 +82,9 @@ _oncall__agent() {
             oncall__agent__subcmd__help,dead)
                 cmd="oncall__agent__subcmd__help__subcmd__dead"
                 ;;
+            oncall__agent__subcmd__help,fleet)
+                cmd="oncall__agent__subcmd__help__subcmd__fleet"
+                ;;
             oncall__agent__subcmd__help,generate-assets)
                 cmd="oncall__agent__subcmd__help__subcmd__generate__subcmd__assets"
                 ;;
@@ -119,7 +125,7 @@ _oncall__agent() {
 
     case "${cmd}" in
         oncall__agent)
-            opts="-c -h -V --config --help --version run send status check-config integrations dead retry-now generate-assets help"
+            opts="-c -h -V --config --help --version run send status check-config integrations dead retry-now fleet generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -388,6 +394,28 @@ _oncall__agent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        oncall__subcmd__agent__subcmd__fleet)
+            opts="-c -h --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         oncall__subcmd__agent__subcmd__generate__subcmd__assets)
             opts="-c -h --out-dir --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -415,7 +443,7 @@ _oncall__agent() {
             return 0
             ;;
         oncall__subcmd__agent__subcmd__help)
-            opts="run send status check-config integrations dead retry-now generate-assets help"
+            opts="run send status check-config integrations dead retry-now fleet generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -501,6 +529,20 @@ _oncall__agent() {
         oncall__subcmd__agent__subcmd__help__subcmd__dead__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        oncall__subcmd__agent__subcmd__help__subcmd__fleet)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

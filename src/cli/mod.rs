@@ -7,6 +7,7 @@ mod check;
 mod client;
 mod dead;
 pub(crate) mod exit;
+mod fleet;
 mod integrations;
 mod run;
 mod send;
@@ -22,6 +23,7 @@ pub use assets::{assets, generate_assets};
 pub use check::{check_config, check_config_online};
 pub use dead::{dead, retry_now};
 pub use exit::{CliError, Exit};
+pub use fleet::fleet;
 pub use integrations::integrations;
 pub use send::{MESSAGE_FILE_MAX, alert_body, send};
 pub use status::{status, status_watch};
@@ -137,6 +139,14 @@ pub enum Command {
         #[arg(long, short)]
         integration: Option<String>,
     },
+    /// List the hosts sharing this agent's budgets (needs [fleet]): each host seen in the
+    /// organization budget's last window and the requests it sent in it, asked of the fleet's
+    /// Redis.
+    Fleet {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the man page and shell completions into a folder (for packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -249,6 +259,7 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Status { json, .. } => block_on(status(config, json)),
         Command::Dead { command } => block_on(dead(config, command)),
         Command::RetryNow { integration } => block_on(retry_now(config, integration)),
+        Command::Fleet { json } => block_on(fleet(config, json)),
         Command::GenerateAssets { out_dir } => generate_assets(&out_dir),
     };
     match result {

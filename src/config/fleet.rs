@@ -53,6 +53,19 @@ pub struct FleetConfig {
     pub timeout: Duration,
 }
 
+/// Equal when a running daemon would connect and share the same way (the reload's test).
+impl PartialEq for FleetConfig {
+    fn eq(&self, o: &FleetConfig) -> bool {
+        self.redacted == o.redacted
+            && self.redis.redis_settings().username() == o.redis.redis_settings().username()
+            && self.password == o.password
+            && self.host == o.host
+            && self.org == o.org
+            && self.local_share == o.local_share
+            && self.timeout == o.timeout
+    }
+}
+
 /// A problem with one field of `[fleet]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]

@@ -1015,6 +1015,40 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
     }
 
     #[test]
+    fn the_commented_fleet_example_parses_once_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("# [fleet]\n")
+            .expect("the example config shows [fleet]");
+        // Its alternatives left out: local_share (beside hosts) and the password file.
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                *l == "[fleet]"
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty()
+                            && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                            && k != "local_share"
+                            && k != "password_file"
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("{MIN}\n{block}")).unwrap();
+        let f = c.fleet.expect("[fleet] read");
+        assert_eq!(f.redacted, "redis://redis.example.com:6379/0");
+        assert_eq!((f.host.as_str(), f.org.as_str()), ("web-01", "acme"));
+        assert_eq!(f.local_share, 0.05);
+        let e = parse(&format!("{MIN}\n[fleet]\nredis = \"redis://r/0\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fleet.hosts"), "{e}");
+    }
+
+    #[test]
     fn shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/oncall-agent.toml");
         let c = Config::load(&path).unwrap();

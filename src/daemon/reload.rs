@@ -48,6 +48,7 @@ pub enum RestartOnly {
     CacheCapacity,
     ChannelCapacity,
     BatchMax,
+    Fleet,
 }
 
 impl fmt::Display for RestartOnly {
@@ -64,6 +65,7 @@ impl fmt::Display for RestartOnly {
             RestartOnly::CacheCapacity => "queue.cache_capacity",
             RestartOnly::ChannelCapacity => "queue.channel_capacity",
             RestartOnly::BatchMax => "queue.batch_max",
+            RestartOnly::Fleet => "[fleet]",
         })
     }
 }
@@ -151,6 +153,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<RestartOnly> {
             RestartOnly::ChannelCapacity,
         ),
         (*batch_max != q.batch_max, RestartOnly::BatchMax),
+        (old.fleet != new.fleet, RestartOnly::Fleet),
     ]
     .into_iter()
     .filter_map(|(changed, what)| changed.then_some(what))

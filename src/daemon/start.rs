@@ -12,11 +12,12 @@ use super::{AppError, Daemon, Hooks, Signals, rates_of};
 use crate::api::Resolver;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::observe::Reporter;
 use crate::queue::store::Quarantined;
 use crate::queue::writer::{Alert, WriterConfig};
 use crate::queue::{Ingest, Store};
-use crate::sender::{Dispatcher, HttpTransport, Jitter, SenderConfig};
+use crate::sender::{Dispatcher, HttpTransport, Jitter, SenderConfig, fleet_budgets};
 use crate::server::HttpState;
 
 /// Starts every part; `None` when a stop came while the integrations were being resolved
@@ -53,7 +54,7 @@ pub(super) async fn start(
     }
     let (stop, stop_rx) = watch::channel(false);
     let (control, control_rx) = mpsc::channel(4);
-    let (dispatcher, reporter) = start_sender(&config, &store, &ingest, clock)?;
+    let (dispatcher, reporter) = start_sender(&config, &store, &ingest, clock, &stop_rx)?;
     let sender = tokio::spawn(dispatcher.run(control_rx, stop_rx.clone()));
     let state = HttpState {
         ingest: ingest.clone(),
@@ -116,19 +117,29 @@ fn start_sender(
     store: &Arc<Store>,
     ingest: &Ingest,
     clock: Clock,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(Dispatcher, Arc<Reporter>), AppError> {
     let transport = HttpTransport::new(config.delivery.timeout)
         .map_err(|e| AppError::Start(format!("HTTP client: {}", e.without_url())))?;
     let (board, board_rx) = watch::channel(Default::default());
-    let dispatcher = Dispatcher::new(
+    let sender_config = SenderConfig::from_config(config);
+    let mut dispatcher = Dispatcher::new(
         store.clone(),
         Arc::new(transport),
-        SenderConfig::from_config(config),
+        sender_config.clone(),
         clock,
         Jitter::Full,
         board,
     )
     .map_err(|e| AppError::Sender(e.to_string()))?;
+    // The fleet's task runs until the stop; it is not waited for: settles it had not sent
+    // leave their slots counting to their bound in Redis, which is safe.
+    if let Some(f) = &config.fleet {
+        let budgets = fleet_budgets(&sender_config, &f.org);
+        let (fleet, _task) = Fleet::start(f.clone(), budgets, clock, stop.clone());
+        tracing::info!(redis = %f.redacted, host = %f.host, org = %f.org, "Budgets are shared with the fleet through Redis; alone, this host uses {:.1}% of each.", f.local_share * 100.0);
+        dispatcher = dispatcher.with_fleet(fleet);
+    }
     let reporter = Arc::new(Reporter {
         store: store.clone(),
         board: board_rx,

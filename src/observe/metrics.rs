@@ -93,6 +93,7 @@ impl Collector for ReportCollector {
         Self::queue(r, &mut enc)?;
         Self::budgets(r, &mut enc)?;
         Self::host(r, &mut enc)?;
+        Self::fleet(r, &mut enc)?;
         Self::latency(r, &mut enc)
     }
 }
@@ -293,6 +294,89 @@ impl ReportCollector {
             Some(&Unit::Seconds),
             MetricType::Gauge,
             vec![(Vec::new(), ConstGauge::new(r.uptime_s as i64))],
+        )?;
+        Ok(())
+    }
+
+    /// The fleet's shared budgets, with `[fleet]`.
+    fn fleet(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(f) = &r.fleet else {
+            return Ok(());
+        };
+        family(
+            enc,
+            "fleet_connected",
+            "1 while the fleet's Redis answers within fleet.timeout; 0 while this host uses its local share",
+            None,
+            MetricType::Gauge,
+            vec![(
+                Vec::new(),
+                ConstGauge::new(i64::from(f.link == crate::fleet::Link::Up)),
+            )],
+        )?;
+        let per_scope = |v: &dyn Fn(&crate::fleet::FleetScopeStatus) -> f64| {
+            f.scopes
+                .iter()
+                .map(|s| {
+                    let labels = if s.name == "org" {
+                        vec![("scope", "org".to_string())]
+                    } else {
+                        let mut l = vec![("scope", "integration".to_string())];
+                        l.extend(int(&s.name));
+                        l
+                    };
+                    (labels, ConstGauge::new(v(s)))
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            enc,
+            "fleet_budget_used",
+            "Requests of the whole fleet that may count in the budget's current window",
+            None,
+            MetricType::Gauge,
+            per_scope(&|s| s.fleet_used as f64),
+        )?;
+        family(
+            enc,
+            "fleet_budget_share",
+            "This host's fair share of the budget while every host with backlog wants it",
+            None,
+            MetricType::Gauge,
+            per_scope(&|s| s.share),
+        )?;
+        family(
+            enc,
+            "fleet_hosts_waiting",
+            "Hosts with backlog on the budget, this one included",
+            None,
+            MetricType::Gauge,
+            per_scope(&|s| s.hosts_waiting as f64),
+        )?;
+        family(
+            enc,
+            "fleet_round_trips",
+            "Calls to the fleet's Redis that came back (divide by alerts_delivered for the cost per alert)",
+            None,
+            MetricType::Counter,
+            vec![(Vec::new(), ConstCounter::new(f.round_trips))],
+        )?;
+        family(
+            enc,
+            "fleet_requests",
+            "Requests sent on a fleet grant (via=\"fleet\") or on the local share while Redis was away (via=\"local\")",
+            None,
+            MetricType::Counter,
+            vec![
+                (
+                    vec![("via", "fleet".to_string())],
+                    ConstCounter::new(f.fleet_slots),
+                ),
+                (
+                    vec![("via", "local".to_string())],
+                    ConstCounter::new(f.local_slots),
+                ),
+            ],
         )?;
         Ok(())
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
 use crate::config::Rate;
+use crate::fleet::{FleetStatus, Link};
 use crate::queue::{Received, Store};
 use crate::sender::{ScopeStatus, SenderBoard, SenderStatus};
 use crate::sources::{SourceBoard, SourceStatus};
@@ -57,6 +58,9 @@ pub struct StatusReport {
     pub sources: Vec<SourceStatus>,
     #[serde(default)]
     pub disk: DiskStatus,
+    /// The fleet's shared budgets (`[fleet]`), as this host last saw them.
+    #[serde(default)]
+    pub fleet: Option<FleetStatus>,
 }
 
 /// Builds [`StatusReport`]s from the queue's counters and the sender's board.
@@ -130,6 +134,7 @@ impl Reporter {
             queue_max_bytes: self.max_bytes,
             dead_letters: self.store.dead_count() as u64,
             org: board.org,
+            fleet: board.fleet,
             integrations,
             sources: self
                 .sources
@@ -193,6 +198,9 @@ impl StatusReport {
         if failing > 0 {
             s.push_str(&format!("; {failing} integrations failing"));
         }
+        if self.fleet.as_ref().is_some_and(|f| f.link == Link::Down) {
+            s.push_str("; fleet's Redis unreachable: local share");
+        }
         if self.disk.failed.is_some() {
             s.push_str("; DISK FAILED: restarting");
         } else if self.disk.refusing_alerts {
@@ -232,6 +240,9 @@ impl StatusReport {
             shown(self.org.limit),
             scope_line(&self.org)
         );
+        if let Some(f) = &self.fleet {
+            fleet_lines(s, f);
+        }
         if self.dead_letters > 0 {
             let _ = writeln!(
                 s,
@@ -253,6 +264,30 @@ impl StatusReport {
                 mib(self.disk.min_free_bytes)
             );
         }
+    }
+}
+
+/// The fleet's link, then each shared budget: the fleet's use, who waits, this host's part.
+fn fleet_lines(s: &mut String, f: &FleetStatus) {
+    let link = match f.link {
+        Link::Up => "connected".to_string(),
+        Link::Connecting => "connecting".to_string(),
+        Link::Down => format!(
+            "UNREACHABLE: this host sends at most its local share ({:.1}% of each budget)",
+            f.local_share * 100.0
+        ),
+    };
+    let _ = writeln!(
+        s,
+        "fleet {} (org {}, host {}): {link}",
+        f.redis, f.org, f.host
+    );
+    for sc in &f.scopes {
+        let _ = writeln!(
+            s,
+            "  fleet budget {} {}: {} used by the fleet, {} hosts with backlog, this host's share {:.1}, sent by this host {}",
+            sc.name, sc.limit, sc.fleet_used, sc.hosts_waiting, sc.share, sc.mine
+        );
     }
 }
 

@@ -1189,6 +1189,7 @@ impl Dispatcher {
                 .integrations
                 .insert(i.target.name.clone(), i.status.clone());
         }
+        board.fleet = self.fleet.as_ref().map(|f| f.status(now));
         self.board.send_replace(board);
     }
 }

@@ -63,6 +63,8 @@ pub struct SenderBoard {
     pub at: Millis,
     pub integrations: BTreeMap<String, SenderStatus>,
     pub org: ScopeStatus,
+    /// The fleet's shared budgets, with `[fleet]`.
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 /// Where the dispatcher publishes its board; `observe` holds the receiving end.
