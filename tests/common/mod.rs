@@ -66,6 +66,57 @@ struct FakeState {
     all: Vec<Received>,
     /// Heartbeat hits per token.
     heartbeats: BTreeMap<String, usize>,
+    /// OnCall's rate limits, when set ([`FakeOnCall::limit`]).
+    limits: Option<Limits>,
+}
+
+/// OnCall's limits as its engine counts them (../shared/oncall-facts.md): django-ratelimit
+/// fixed windows, each scope's boundary at its own phase the client cannot see; every POST
+/// with a known token counts on arrival (429s too); the integration's check comes first and a
+/// request it blocks never reaches the organization's counter.
+struct Limits {
+    started: Instant,
+    integration: (u32, u64),
+    org: (u32, u64),
+    /// Each token's phase (ms), drawn when first seen; the org's.
+    phases: BTreeMap<String, u64>,
+    org_phase: u64,
+    counts: BTreeMap<(String, u64), u32>,
+    org_counts: BTreeMap<u64, u32>,
+    /// 429s answered.
+    refused: usize,
+}
+
+impl Limits {
+    /// The 429 to answer for a request of `token` arriving now, if any.
+    fn arrive(&mut self, token: &str) -> Option<Reply> {
+        let at = self.started.elapsed().as_millis() as u64;
+        let (n, w) = self.integration;
+        let phase = *self
+            .phases
+            .entry(token.to_string())
+            .or_insert_with(|| rand::random_range(0..w));
+        let c = self
+            .counts
+            .entry((token.to_string(), (at + phase) / w))
+            .or_default();
+        *c += 1;
+        if *c > n {
+            self.refused += 1;
+            return Some(Reply::status(429, INTEGRATION_429));
+        }
+        let (n, w) = self.org;
+        let c = self
+            .org_counts
+            .entry((at + self.org_phase) / w)
+            .or_default();
+        *c += 1;
+        if *c > n {
+            self.refused += 1;
+            return Some(Reply::status(429, ORG_429));
+        }
+        None
+    }
 }
 
 /// A fake OnCall integration endpoint on 127.0.0.1.
@@ -128,6 +179,32 @@ impl FakeOnCall {
     /// Answers the next requests with these, in order.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Enforces OnCall's limits from now on: `integration` per token and `org` for all, each in
+    /// fixed windows at a random phase.
+    pub fn limit(&self, integration: (u32, Duration), org: (u32, Duration)) {
+        let w = |d: Duration| d.as_millis() as u64;
+        self.state.lock().unwrap().limits = Some(Limits {
+            started: Instant::now(),
+            integration: (integration.0, w(integration.1)),
+            org: (org.0, w(org.1)),
+            phases: BTreeMap::new(),
+            org_phase: rand::random_range(0..w(org.1)),
+            counts: BTreeMap::new(),
+            org_counts: BTreeMap::new(),
+            refused: 0,
+        });
+    }
+
+    /// 429s answered under [`FakeOnCall::limit`].
+    pub fn rate_limited(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .limits
+            .as_ref()
+            .map_or(0, |l| l.refused)
     }
 
     /// Answer for requests once the script is used up.
@@ -228,7 +305,11 @@ async fn alert(
             )
                 .into_response();
         }
-        s.script.pop_front().or_else(|| s.default.clone()).unwrap()
+        let limited = s.limits.as_mut().and_then(|l| l.arrive(&token));
+        match limited {
+            Some(r) => r,
+            None => s.script.pop_front().or_else(|| s.default.clone()).unwrap(),
+        }
     };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
