@@ -17,8 +17,8 @@ static HOSTS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("host
 /// carries and on what a reply may hold.
 pub const MAX_PER_CALL: usize = 1024;
 
-/// A budget's name in Redis. Integrations are known by a keyed hash of their inbound URL, the
-/// API by a keyed hash of its token: the token itself never reaches Redis. The key is derived
+/// A budget's name in Redis. Integrations are known by a keyed hash of their inbound URL: the
+/// token in it never reaches Redis. The key is derived
 /// from the organization's name, so every host of one fleet computes the same names and a
 /// table of hashes made for one organization is worth nothing for another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,11 +33,6 @@ impl ScopeKey {
     /// An integration, by its inbound URL (holding its token).
     pub fn integration(org: &str, url: &str) -> ScopeKey {
         ScopeKey(format!("i.{}", keyed_hash(org, "integration", url)))
-    }
-
-    /// The OnCall HTTP API, by its token.
-    pub fn api(org: &str, token: &str) -> ScopeKey {
-        ScopeKey(format!("api.{}", keyed_hash(org, "api", token)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -449,7 +444,6 @@ mod tests {
         assert!(!k.as_str().contains("S3cr3t"));
         assert_eq!(k, ScopeKey::integration("acme", url), "stable across hosts");
         assert_ne!(k, ScopeKey::integration("other", url), "keyed by the org");
-        assert!(!ScopeKey::api("acme", "T0k3n").as_str().contains("T0k3n"));
     }
 
     fn arb_value() -> impl Strategy<Value = Value> {
