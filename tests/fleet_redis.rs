@@ -669,3 +669,43 @@ async fn a_redis_slower_than_the_timeout_means_the_local_share_at_once() {
     // Redis answers again: the link comes back by itself.
     assert!(wait_for(Duration::from_secs(10), || fleet.link() == Link::Up).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_comes_from_password_file_and_never_shows_in_debug() {
+    let r = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis-password");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let raw = |password_file: Option<std::path::PathBuf>| RawFleet {
+        redis: r.url(),
+        password_file,
+        host: Some("web-01".into()),
+        org: Some("test".into()),
+        local_share: None,
+        hosts: Some(4),
+        timeout: None,
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| e.to_string())
+    };
+    let budgets = || Budgets {
+        integrations: vec![],
+        org: Rate {
+            count: 10,
+            per: Duration::from_secs(10),
+        },
+        request_timeout: Duration::from_secs(1),
+    };
+    let clock = Clock::system();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let with = FleetConfig::from_raw(raw(Some(pw.clone())), read, || None).unwrap();
+    assert!(!format!("{with:?}").contains("s3cret-pw"));
+    let (fleet, _t) = Fleet::start(with, budgets(), clock, shutdown.clone());
+    assert!(wait_for(Duration::from_secs(5), || fleet.link() == Link::Up).await);
+    // Without it, Redis refuses: the host keeps to its local share.
+    let without = FleetConfig::from_raw(raw(None), read, || None).unwrap();
+    let (fleet, _t) = Fleet::start(without, budgets(), clock, shutdown);
+    assert!(wait_for(Duration::from_secs(5), || fleet.link() == Link::Down).await);
+}

@@ -12,10 +12,17 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More arguments (`--requirepass x`).
+    args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// With more arguments for redis-server.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -25,6 +32,7 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -40,6 +48,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -75,8 +84,9 @@ impl RedisServer {
         if s.write_all(b"PING\r\n").is_err() {
             return false;
         }
+        // With a password set, the answer is NOAUTH: the server is up all the same.
         let mut buf = [0u8; 7];
-        matches!(s.read_exact(&mut buf), Ok(())) && &buf == b"+PONG\r\n"
+        matches!(s.read_exact(&mut buf), Ok(())) && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
     }
 
     fn wait_for(&self, up: bool, deadline: Duration) -> bool {
