@@ -43,8 +43,10 @@ use crate::clock::{Clock, Millis, ms};
 use crate::config::{FleetConfig, Rate};
 use crate::ratelimit::{Limiter, Slot};
 
-/// A granted slot not used within this long after its call left is given back.
-pub const HOLD: Duration = Duration::from_secs(1);
+/// A granted slot not used within this long after its call left is given back. Long enough
+/// for a dispatcher turn that waits on a slow fsync (the 20-process test on a loaded machine
+/// lost grants at 1 s); it only lengthens how long an unanswered grant counts.
+pub const HOLD: Duration = Duration::from_secs(3);
 /// Granted slots held ahead per integration, at most.
 pub const AHEAD: u32 = 8;
 /// How long a host's backlog report keeps it among the waiting hosts.
@@ -852,6 +854,12 @@ fn down(inner: &Inner, why: &str) {
         return;
     }
     st.link = Link::Down;
+    // Grants held now are not used: Redis may come back without them (a restart forgets
+    // everything), and sends on them would then be recorded nowhere. In Redis they count to
+    // their bound, which is safe; from here on only the local share, recorded, is used.
+    for g in st.groups.values_mut() {
+        g.held.clear();
+    }
     let share = inner.cfg.local_share;
     drop(st);
     tracing::warn!(redis = %inner.cfg.redacted, "The fleet's Redis is unreachable ({why}): this host now sends at most its local share ({:.1}% of each budget) until Redis answers again.", share * 100.0);
