@@ -31,9 +31,13 @@
 //! - [`oncall`] builds the one HTTP client all of them use toward OnCall: it follows no
 //!   redirect, since a followed 301 turns an alert's POST into a GET that OnCall answers 200.
 //!
+//! - [`fleet`] (with `[fleet]`) shares the budgets with the agents on other hosts through
+//!   Redis: the dispatcher asks its handle beside the local limiter, never waiting on the
+//!   network; Redis away means this host's local share.
+//!
 //! The layers import downward only: `cli` → `daemon` → `server`, `sources` → `sender` →
-//! `ratelimit`, `queue` → `config`, `clock`, `redact`; `observe` reads `queue`, `sender` and
-//! `sources`. No two modules import each other.
+//! `fleet` → `ratelimit`, `queue` → `config`, `clock`, `redact`; `observe` reads `queue`,
+//! `sender`, `fleet` and `sources`. No two modules import each other.
 //!
 //! Conventions: `expect` on a mutex only fires if a thread panicked while holding it, and a
 //! panic aborts the release build (`panic = "abort"`: systemd restarts a whole daemon rather
