@@ -68,79 +68,18 @@ impl Validator<'_> {
         let queue = self.queue(raw.queue)?;
         let listen = self.listen(raw.listen)?;
         let api = raw.api.map(|a| self.api(a)).transpose()?;
-
         let mut seen = HashSet::new();
         let mut integrations = Vec::new();
         let mut unresolved = Vec::new();
         for (i, ri) in raw.integrations.into_iter().enumerate() {
             let field = |f: &str| format!("integration[{i}].{f}");
-            if !valid_name(&ri.name) {
-                return Err(self.err(
-                    field("name"),
-                    format!(
-                        "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                        ri.name
-                    ),
-                ));
-            }
             if !seen.insert(ri.name.clone()) {
                 return Err(self.err(field("name"), format!("{:?} is used twice", ri.name)));
             }
-            let heartbeat = ri.heartbeat.map(|h| h.0);
-            if let Some(h) = heartbeat
-                && !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&h)
-            {
-                return Err(self.err(
-                    field("heartbeat"),
-                    "must be between 10s and 24h (OnCall's heartbeat timeout is 60s to 24h; hit it well within)",
-                ));
+            match self.integration(i, ri, limits.integration, api.is_some())? {
+                Ok(found) => integrations.push(found),
+                Err(later) => unresolved.push(later),
             }
-            if let Some(by) = self.api_ref(&field, ri.id, ri.api_name)? {
-                if ri.url.is_some() || ri.url_file.is_some() {
-                    return Err(self.err(
-                        field("url"),
-                        format!("set either url/url_file or {by}, not both"),
-                    ));
-                }
-                if api.is_none() {
-                    return Err(self.err(
-                        field(if matches!(by, ApiRef::Id(_)) { "id" } else { "api_name" }),
-                        "needs an [api] section: the inbound URL is looked up through the OnCall API",
-                    ));
-                }
-                unresolved.push(UnresolvedIntegration {
-                    position: i,
-                    name: ri.name,
-                    by,
-                    rate: ri.rate_limit.unwrap_or(limits.integration),
-                    heartbeat,
-                });
-                continue;
-            }
-            let url_text = match (ri.url, ri.url_file) {
-                (Some(u), None) => u,
-                (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
-                (Some(_), Some(_)) => {
-                    return Err(self.err(field("url"), "set either url or url_file, not both"));
-                }
-                (None, None) => {
-                    return Err(self.err(field("url"), "missing (or set url_file, id or api_name)"));
-                }
-            };
-            // The parse error of `url` never quotes the input: it holds a token.
-            let url = reqwest::Url::parse(&url_text)
-                .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
-            if url.scheme() != "https" && url.scheme() != "http" {
-                return Err(self.err(field("url"), "must be an http:// or https:// URL"));
-            }
-            let kind = integration_kind(&url);
-            integrations.push(Integration {
-                name: ri.name,
-                url: Secret::new(url),
-                kind,
-                rate: ri.rate_limit.unwrap_or(limits.integration),
-                heartbeat,
-            });
         }
         if let Some(name) = &raw.self_alert_integration
             && !seen.contains(name)
@@ -153,44 +92,126 @@ impl Validator<'_> {
         if listen.unix.is_none() && listen.tcp.is_none() {
             return Err(self.err("listen", "set at least one of listen.unix and listen.tcp"));
         }
-        let sources = self.sources(raw.sources, &seen, &queue)?;
-        let state_dir = self.relative(&raw.state_dir);
-        let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-            return Err(self.err(
-                "log.level",
-                format!("{log_level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
-            ));
-        }
-        let shutdown_timeout = raw
-            .shutdown_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(10));
-        if shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
-            return Err(self.err(
-                "shutdown_timeout",
-                format!(
-                    "{} is longer than the systemd unit can wait: its TimeoutStopSec=45s must also hold the final sync and exit, so at most {}",
-                    humantime::format_duration(shutdown_timeout),
-                    humantime::format_duration(MAX_SHUTDOWN_TIMEOUT)
-                ),
-            ));
-        }
         Ok(Config {
             path: self.path.to_owned(),
-            state_dir,
+            sources: self.sources(raw.sources, &seen, &queue)?,
+            state_dir: self.relative(&raw.state_dir),
+            log_level: self.log_level(raw.log.level)?,
+            shutdown_timeout: self.shutdown_timeout(raw.shutdown_timeout)?,
             listen,
             limits,
             delivery,
             queue,
-            log_level,
-            shutdown_timeout,
             self_alert_integration: raw.self_alert_integration,
             integrations,
             api,
             unresolved,
-            sources,
         })
+    }
+
+    /// `[[integration]]` number `i`: with its URL (`Ok`), or to be looked up through the API
+    /// by id or name (`Err`).
+    fn integration(
+        &self,
+        i: usize,
+        ri: RawIntegration,
+        default_rate: Rate,
+        has_api: bool,
+    ) -> Result<Result<Integration, UnresolvedIntegration>, ConfigError> {
+        let field = |f: &str| format!("integration[{i}].{f}");
+        if !valid_name(&ri.name) {
+            return Err(self.err(
+                field("name"),
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                    ri.name
+                ),
+            ));
+        }
+        let heartbeat = ri.heartbeat.map(|h| h.0);
+        if let Some(h) = heartbeat
+            && !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&h)
+        {
+            return Err(self.err(
+                field("heartbeat"),
+                "must be between 10s and 24h (OnCall's heartbeat timeout is 60s to 24h; hit it well within)",
+            ));
+        }
+        let rate = ri.rate_limit.unwrap_or(default_rate);
+        if let Some(by) = self.api_ref(&field, ri.id, ri.api_name)? {
+            if ri.url.is_some() || ri.url_file.is_some() {
+                return Err(self.err(
+                    field("url"),
+                    format!("set either url/url_file or {by}, not both"),
+                ));
+            }
+            if !has_api {
+                return Err(self.err(
+                    field(if matches!(by, ApiRef::Id(_)) {
+                        "id"
+                    } else {
+                        "api_name"
+                    }),
+                    "needs an [api] section: the inbound URL is looked up through the OnCall API",
+                ));
+            }
+            return Ok(Err(UnresolvedIntegration {
+                position: i,
+                name: ri.name,
+                by,
+                rate,
+                heartbeat,
+            }));
+        }
+        let url_text = match (ri.url, ri.url_file) {
+            (Some(u), None) => u,
+            (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
+            (Some(_), Some(_)) => {
+                return Err(self.err(field("url"), "set either url or url_file, not both"));
+            }
+            (None, None) => {
+                return Err(self.err(field("url"), "missing (or set url_file, id or api_name)"));
+            }
+        };
+        // The parse error of `url` never quotes the input: it holds a token.
+        let url = reqwest::Url::parse(&url_text)
+            .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.err(field("url"), "must be an http:// or https:// URL"));
+        }
+        Ok(Ok(Integration {
+            name: ri.name,
+            kind: integration_kind(&url),
+            url: Secret::new(url),
+            rate,
+            heartbeat,
+        }))
+    }
+
+    fn log_level(&self, level: Option<String>) -> Result<String, ConfigError> {
+        let level = level.unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            return Err(self.err(
+                "log.level",
+                format!("{level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
+            ));
+        }
+        Ok(level)
+    }
+
+    fn shutdown_timeout(&self, t: Option<HumanDuration>) -> Result<Duration, ConfigError> {
+        let t = t.map_or(Duration::from_secs(10), |d| d.0);
+        if t > MAX_SHUTDOWN_TIMEOUT {
+            return Err(self.err(
+                "shutdown_timeout",
+                format!(
+                    "{} is longer than the systemd unit can wait: its TimeoutStopSec=45s must also hold the final sync and exit, so at most {}",
+                    humantime::format_duration(t),
+                    humantime::format_duration(MAX_SHUTDOWN_TIMEOUT)
+                ),
+            ));
+        }
+        Ok(t)
     }
 
     /// `id` / `api_name` of one `[[integration]]`.
