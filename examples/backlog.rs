@@ -13,7 +13,9 @@
 //! each applied and fsynced as the writer does), 512-byte formatted_webhook bodies, each with its
 //! own `alert_uid`. Every binary gets its own copy of it (an older binary rewrites what it does
 //! not know), and restarts `--restarts` times on that copy: with OnCall down nothing is acked,
-//! so every start sees the same queue. The page cache is warm (the copy was just written), as it
+//! so every start sees the same queue. The first start is reported apart: sled writes its
+//! snapshot only when it opens a database, so that start replays the whole log the build wrote,
+//! as a daemon's first restart after a storm does; later ones read the snapshot. The page cache is warm (the copy was just written), as it
 //! is for a daemon restarted in place.
 //!
 //! Bounded: every start has a 120 s deadline, every request 30 s, the drain `--drain-secs`;
@@ -52,7 +54,9 @@ struct Args {
     /// A baseline binary measured in the same run, on its own copy of each queue.
     #[arg(long)]
     base_bin: Option<PathBuf>,
-    /// Starts per binary and depth; the median is reported.
+    /// Starts per binary and depth. The first replays every write since the queue was built
+    /// (sled reads its log back to its last snapshot, which it writes only when it opens a
+    /// database); the median of the others is reported as "restart".
     #[arg(long, default_value_t = 3)]
     restarts: usize,
     /// Alerts per commit while building the queue.
@@ -73,6 +77,13 @@ struct Args {
     /// Keep the work folder.
     #[arg(long)]
     keep: bool,
+    /// Keep each built queue in this folder (`seed-DEPTH`) and use it again in later runs
+    /// instead of building it (it is copied, never changed).
+    #[arg(long)]
+    seeds: Option<PathBuf>,
+    /// Skip measuring the disk after every alert is acked.
+    #[arg(long)]
+    no_drained_disk: bool,
 }
 
 fn main() -> ExitCode {
@@ -137,18 +148,33 @@ fn run(args: &Args) -> anyhow::Result<()> {
     println!("load at start: {}", loadavg());
     let mut rows = Vec::new();
     for &depth in &args.depths {
-        let seed = work.join(format!("seed-{depth}"));
-        let t = Instant::now();
-        let payload_bytes = build_queue(&seed.join("queue"), depth, args.batch, args.body)?;
-        let disk = du(&seed.join("queue"));
-        println!(
-            "depth {depth}: built in {:.1}s, {} on disk ({:.0} B/alert, {:.2}x the records), load {}",
-            t.elapsed().as_secs_f64(),
-            mib(disk),
-            disk as f64 / depth as f64,
-            disk as f64 / payload_bytes as f64,
-            loadavg()
-        );
+        let seed = args
+            .seeds
+            .as_ref()
+            .unwrap_or(&work)
+            .join(format!("seed-{depth}"));
+        let disk = if seed.join("queue").is_dir() && args.seeds.is_some() {
+            let disk = du(&seed.join("queue"));
+            println!(
+                "depth {depth}: kept from an earlier run, {} on disk ({:.0} B/alert)",
+                mib(disk),
+                disk as f64 / depth as f64,
+            );
+            disk
+        } else {
+            let t = Instant::now();
+            let payload_bytes = build_queue(&seed.join("queue"), depth, args.batch, args.body)?;
+            let disk = du(&seed.join("queue"));
+            println!(
+                "depth {depth}: built in {:.1}s, {} on disk ({:.0} B/alert, {:.2}x the records), load {}",
+                t.elapsed().as_secs_f64(),
+                mib(disk),
+                disk as f64 / depth as f64,
+                disk as f64 / payload_bytes as f64,
+                loadavg()
+            );
+            disk
+        };
         for b in &bins {
             let state = work.join(format!("{}-{depth}", b.label));
             copy_dir(&seed, &state)?;
@@ -191,32 +217,48 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 None
             };
             std::fs::remove_dir_all(&state).ok();
-            rows.push((b.label, depth, median_start(&starts), drain, disk));
+            let later = if starts.len() > 1 {
+                median_start(&starts[1..])
+            } else {
+                starts[0]
+            };
+            rows.push((b.label, depth, starts[0], later, drain, disk));
         }
         // Space after the queue drains, with this build's store: every alert acked as the
         // dispatcher does (batches, flush), then the database reopened.
-        let (drained, reopened) = drain_in_process(&seed.join("queue"))?;
-        println!(
-            "  all acked: {} on disk; after a reopen: {} (load {})",
-            mib(drained),
-            mib(reopened),
-            loadavg()
-        );
-        std::fs::remove_dir_all(&seed).ok();
+        if !args.no_drained_disk {
+            let copy = work.join(format!("drained-{depth}"));
+            copy_dir(&seed, &copy)?;
+            let (drained, reopened) = drain_in_process(&copy.join("queue"))?;
+            println!(
+                "  all acked: {} on disk; after a reopen: {} (load {})",
+                mib(drained),
+                mib(reopened),
+                loadavg()
+            );
+            std::fs::remove_dir_all(&copy).ok();
+        }
+        if args.seeds.is_none() {
+            std::fs::remove_dir_all(&seed).ok();
+        }
     }
     println!();
     println!(
-        "| depth | build | ready ms | RSS at ready / settled MiB | status ms | RSS draining MiB | disk B/alert |"
+        "| depth | build | ready ms: first start / restart | RSS MiB at ready / settled: first / restart | status ms | RSS draining MiB | disk B/alert |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    for (label, depth, s, d, disk) in &rows {
+    for (label, depth, first, s, d, disk) in &rows {
+        let m = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
         println!(
-            "| {depth} | {label} | {:.0} | {} / {} | {:.1} | {} | {:.0} |",
+            "| {depth} | {label} | {:.0} / {:.0} | {} / {}, {} / {} | {:.1} | {} | {:.0} |",
+            first.ready_ms,
             s.ready_ms,
-            mib(s.rss_ready),
-            mib(s.rss_settled),
+            m(first.rss_ready),
+            m(first.rss_settled),
+            m(s.rss_ready),
+            m(s.rss_settled),
             s.status_ms,
-            d.as_ref().map_or("-".into(), |d| mib(d.rss_max)),
+            d.as_ref().map_or("-".into(), |d| m(d.rss_max)),
             *disk as f64 / *depth as f64
         );
     }
@@ -271,8 +313,29 @@ fn build_queue(path: &Path, depth: u64, batch: usize, body: usize) -> anyhow::Re
         left -= n;
     }
     drop(store);
-    wait_unlocked(path)?;
+    // Not reopened: sled writes its snapshot (what a start reads instead of the log) only when
+    // it opens a database, so the first start below replays every write, as a daemon's first
+    // start after a storm does.
+    wait_flock_free(&path.join("db"))?;
     Ok(written)
+}
+
+/// Waits until nobody holds sled's lock on its file (it lets go a moment after the drop).
+fn wait_flock_free(db: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(db)?;
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        // flock on our own open file: takes and releases the lock, nothing else.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("{} is still locked", db.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A formatted_webhook alert of about `size` bytes with its own `alert_uid`.
@@ -356,6 +419,41 @@ fn du(path: &Path) -> u64 {
         }
     }
     total
+}
+
+/// RSS split by kind of mapping: the main heap, other anonymous memory (malloc's other arenas,
+/// its mmapped chunks, thread stacks), and file-backed pages (the binary and libraries).
+fn smaps_split(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut heap, mut anon, mut file) = (0u64, 0u64, 0u64);
+    let mut kind = 0;
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let first = w.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            kind = if path == "[heap]" {
+                0
+            } else if path.starts_with('/') {
+                2
+            } else {
+                1
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                0 => heap += kib * 1024,
+                1 => anon += kib * 1024,
+                _ => file += kib * 1024,
+            }
+        }
+    }
+    format!(
+        "heap {}, other anonymous {}, files {}",
+        mib(heap),
+        mib(anon),
+        mib(file)
+    )
 }
 
 fn mib(b: u64) -> String {
@@ -552,6 +650,7 @@ fn start_once(
     let (rss_ready, _) = d.rss();
     std::thread::sleep(Duration::from_secs(2));
     let (rss_settled, _) = d.rss();
+    println!("    settled: {}", smaps_split(d.pid));
     let mut times = Vec::new();
     let mut depth = 0;
     for _ in 0..5 {
