@@ -518,7 +518,20 @@ struct Daemon {
 impl Daemon {
     fn spawn(bin: &Path, config: &Path, tcp: SocketAddr, log: PathBuf) -> anyhow::Result<Daemon> {
         let logfile = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // If this tool is killed outright, the daemon gets SIGTERM from the kernel instead of
+        // living on. Only async-signal-safe prctl runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd
             .arg("--config")
             .arg(config)
             .arg("run")
