@@ -8,7 +8,8 @@
 //!   increase, so each integration's range is its FIFO. Keys starting with [`TALLY_PREFIX`]
 //!   hold each integration's counters ([`Tally`]), written in the same atomic batch as the
 //!   alerts they count, so that a start reads them instead of scanning the queue.
-//! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused.
+//! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused; and one row,
+//!   [`DEAD_COUNT_KEY`], holding how many there are, written in the same batch as each change.
 //! - `limiter`: `<scope>\0<slot BE>` -> two u64 (sent, counted-until), see `sender::limiter`.
 //! - `api_limiter`: the same for the OnCall API's budget (its own tree, because a limiter set
 //!   drops the slots of scopes it was not given), see `api::client`.
@@ -52,6 +53,10 @@ const TALLY_PREFIX: u8 = 0xFE;
 /// agent that ran on this database (and moved alerts without moving the tallies) leaves it
 /// without the marker, and the next start counts the queue again.
 const TALLY_MARKER: &[u8] = b"\xFFtally-v1";
+/// The row in `dead` that counts the dead letters (u64 BE), kept in step under the same
+/// marker. One byte long, it sorts before every id (8 bytes, from 1), so ranges of ids and
+/// `last()` never meet it, and readers that parse every value as JSON skip it.
+const DEAD_COUNT_KEY: &[u8] = &[0];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -224,8 +229,9 @@ pub struct Store {
     /// `added - removed`, for readers that must not wait for a batch.
     depth: Mutex<BTreeMap<String, Depth>>,
     total_bytes: AtomicU64,
-    /// Dead letters kept (sled's `len` is a full scan, and status asks often).
-    dead_total: AtomicU64,
+    /// Dead letters kept (sled's `len` is a full scan, and status asks often), as
+    /// [`DEAD_COUNT_KEY`] says. Held from reading it to the batch that rewrites that row.
+    dead_total: Mutex<u64>,
     /// Woken after every commit that added alerts.
     pub committed: tokio::sync::Notify,
     /// Set once sled reported an I/O error: sled then refuses every later write until the
@@ -425,7 +431,7 @@ impl Store {
             removed: Mutex::new(BTreeMap::new()),
             depth: Mutex::new(BTreeMap::new()),
             total_bytes: AtomicU64::new(0),
-            dead_total: AtomicU64::new(0),
+            dead_total: Mutex::new(0),
             committed: tokio::sync::Notify::new(),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
@@ -441,22 +447,20 @@ impl Store {
     /// version, or tallies that do not match what a quick look finds) it counts the queue once
     /// and writes the tallies.
     fn load_counters(&self) -> Result<(), StoreError> {
-        // Dead letters are few and their ids are sequence numbers too: counted as before.
-        let mut dead = 0;
-        for kv in self.dead.iter().keys() {
-            kv?;
-            dead += 1;
-        }
-        self.dead_total.store(dead, Ordering::SeqCst);
         let mut max_seq = match self.dead.last()? {
             Some((k, _)) => <[u8; 8]>::try_from(&k[..]).map_or(0, u64::from_be_bytes),
             None => 0,
         };
-        let tallies = if self.queue.contains_key(TALLY_MARKER)? {
-            self.read_tallies()?
-        } else {
-            None
+        let marked = self.queue.contains_key(TALLY_MARKER)?;
+        let dead_row = self
+            .dead
+            .get(DEAD_COUNT_KEY)?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)));
+        *self.dead_total.lock().expect("dead lock") = match dead_row {
+            Some(n) if marked => n,
+            _ => self.recount_dead()?,
         };
+        let tallies = if marked { self.read_tallies()? } else { None };
         let (added, removed) = match tallies {
             Some(t) => t,
             None => self.recount()?,
@@ -480,6 +484,18 @@ impl Store {
         *self.added.lock().expect("tally lock") = added;
         *self.removed.lock().expect("tally lock") = removed;
         Ok(())
+    }
+
+    /// Counts the dead letters and writes the count row. At start only.
+    fn recount_dead(&self) -> Result<u64, StoreError> {
+        let mut dead = 0u64;
+        for kv in self.dead.range(DEAD_COUNT_KEY.to_vec()..).keys() {
+            if kv?.len() == 8 {
+                dead += 1;
+            }
+        }
+        self.dead.insert(DEAD_COUNT_KEY, &dead.to_be_bytes())?;
+        Ok(dead)
     }
 
     /// The tally rows, if what a look at each integration's first and last key finds agrees
@@ -868,10 +884,13 @@ impl Store {
                 let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
                 b.insert(&dl.id.to_be_bytes(), value);
             }
-            self.dead.apply_batch(b)?;
+            let mut total = self.dead_total.lock().expect("dead lock");
             // Ids come fresh from `reserve_seq`: each is a new dead letter.
-            self.dead_total
-                .fetch_add(dls.len() as u64, Ordering::SeqCst);
+            let now = *total + dls.len() as u64;
+            b.insert(DEAD_COUNT_KEY, &now.to_be_bytes());
+            self.dead.apply_batch(b)?;
+            *total = now;
+            drop(total);
             self.sync()
         })
     }
@@ -971,6 +990,8 @@ impl Store {
             t.alerts += 1;
             t.bytes += bytes;
             let t_key = tally_key(Side::Removed, integration);
+            let mut total = self.dead_total.lock().expect("dead lock");
+            let one_more = *total + 1;
             let (was_queued, was_dead) = (&self.queue, &self.dead)
                 .transaction(|(q, d)| {
                     let queued = q.remove(key.as_slice())?.is_some();
@@ -978,6 +999,9 @@ impl Store {
                         q.insert(t_key.as_slice(), &t.encode()[..])?;
                     }
                     let dead = d.insert(&seq.to_be_bytes(), value.as_slice())?.is_some();
+                    if !dead {
+                        d.insert(DEAD_COUNT_KEY, &one_more.to_be_bytes())?;
+                    }
                     Ok::<_, sled::transaction::ConflictableTransactionError<()>>((queued, dead))
                 })
                 .map_err(from_transaction)?;
@@ -988,8 +1012,9 @@ impl Store {
             // The counters move only for what changed: an alert already gone from the queue
             // (moved meanwhile) must not be taken off the depth a second time.
             if !was_dead {
-                self.dead_total.fetch_add(1, Ordering::SeqCst);
+                *total = one_more;
             }
+            drop(total);
             if was_queued {
                 let mut depth = self.depth.lock().expect("depth lock");
                 if let Some(d) = depth.get_mut(integration) {
@@ -1019,7 +1044,7 @@ impl Store {
     }
 
     pub fn dead_count(&self) -> usize {
-        self.dead_total.load(Ordering::SeqCst) as usize
+        *self.dead_total.lock().expect("dead lock") as usize
     }
 
     /// Dead letters with an id above `after`, oldest first, of one integration or all; at
@@ -1084,16 +1109,23 @@ impl Store {
     /// a purge that comes back after a crash would surprise whoever ordered it.
     pub fn purge_dead(&self, ids: &[u64]) -> Result<u64, StoreError> {
         self.watch(|| {
+            let mut total = self.dead_total.lock().expect("dead lock");
+            // Nothing else removes dead letters while the lock is held: what is there now is
+            // what the batch removes.
+            let mut b = sled::Batch::default();
             let mut removed = 0;
+            let ids: std::collections::BTreeSet<&u64> = ids.iter().collect();
             for id in ids {
-                if self.dead.remove(id.to_be_bytes())?.is_some() {
+                if self.dead.contains_key(id.to_be_bytes())? {
+                    b.remove(&id.to_be_bytes());
                     removed += 1;
                 }
             }
-            self.dead_total.fetch_sub(
-                removed.min(self.dead_total.load(Ordering::SeqCst)),
-                Ordering::SeqCst,
-            );
+            let now = total.saturating_sub(removed);
+            b.insert(DEAD_COUNT_KEY, &now.to_be_bytes());
+            self.dead.apply_batch(b)?;
+            *total = now;
+            drop(total);
             self.sync()?;
             Ok(removed)
         })
@@ -1112,6 +1144,8 @@ impl Store {
             use sled::Transactional;
             let mut added = self.added.lock().expect("tally lock");
             let rows = tallies_after_adding(&added, alerts);
+            let mut total = self.dead_total.lock().expect("dead lock");
+            let dead_before = *total;
             let removed = (&self.queue, &self.dead)
                 .transaction(|(q, d)| {
                     for (name, seq, value) in alerts {
@@ -1135,15 +1169,17 @@ impl Store {
                             removed += 1;
                         }
                     }
+                    if removed > 0 {
+                        let now = dead_before.saturating_sub(removed);
+                        d.insert(DEAD_COUNT_KEY, &now.to_be_bytes())?;
+                    }
                     Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
                 })
                 .map_err(from_transaction)?;
             added.extend(rows);
             drop(added);
-            self.dead_total.fetch_sub(
-                removed.min(self.dead_total.load(Ordering::SeqCst)),
-                Ordering::SeqCst,
-            );
+            *total = dead_before.saturating_sub(removed);
+            drop(total);
             self.count_appended(alerts);
             Ok(())
         })
@@ -1382,6 +1418,47 @@ mod tests {
             let counted: u64 = store.depths().values().map(|d| d.alerts).sum();
             assert_eq!(counted, truth, "{what}");
         }
+    }
+
+    /// Issue 14: the dead letters were counted at every start too. Their count is a row in
+    /// the same batch as each change (put, move, requeue, purge), read back at start.
+    #[test]
+    fn the_dead_letter_count_is_kept_with_each_change_and_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let a = put(&store, "a", &[10, 10]);
+        store.move_to_dead("a", a[0], &dead(a[0]), 39).unwrap();
+        store.move_to_dead("a", a[0], &dead(a[0]), 39).unwrap();
+        let ids: Vec<u64> = (0..3).map(|_| store.reserve_seq(1)).collect();
+        store
+            .put_dead(&ids.iter().map(|i| dead(*i)).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.dead_count(), 4);
+        let again = store.reserve_seq(1);
+        store
+            .append_requeue(&[("a".into(), again, env(3))], &[], &[a[0]])
+            .unwrap();
+        assert_eq!(store.purge_dead(&[ids[0], ids[0], 12345]).unwrap(), 1);
+        assert_eq!(store.dead_count(), 2);
+        // Slipped in behind the count's back: a start that read the rows would miss it.
+        store
+            .dead
+            .insert(999u64.to_be_bytes(), b"{}".to_vec())
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(store.dead_count(), 2);
+        assert_eq!(store.reserve_seq(0), 1000);
+        assert_eq!(store.dead_letters().unwrap().len(), 2);
+        assert_eq!(store.dead_letters_of(None, 0, 10).unwrap().len(), 2);
+        // Without the marker (an older version ran on it) they are counted.
+        store.queue.remove(TALLY_MARKER).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(store.dead_count(), 3);
     }
 
     fn dead(id: u64) -> DeadLetter {
