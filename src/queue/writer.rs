@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Received;
 use super::envelope::Envelope;
 use super::store::Store;
-use crate::clock::Clock;
+use crate::clock::{Clock, Millis};
 
 /// One alert on its way into the queue.
 #[derive(Debug, Clone)]
@@ -51,8 +51,11 @@ struct WriteReq {
     meta: Vec<(Vec<u8>, Vec<u8>)>,
     /// Dead letters these alerts replace (an operator's retry), removed in the same transaction.
     undead: Vec<u64>,
-    reply: oneshot::Sender<Result<Vec<u64>, IngestError>>,
+    reply: Reply,
 }
+
+/// Where a request's ids (or why it was refused) go.
+type Reply = oneshot::Sender<Result<Vec<u64>, IngestError>>;
 
 impl WriteReq {
     fn is_ping(&self) -> bool {
@@ -302,18 +305,35 @@ fn commit_work(
     store: &Store,
     group: &mut Vec<WriteReq>,
     cfg: &WriterConfig,
-    now: crate::clock::Millis,
+    now: Millis,
     space_low: &mut bool,
 ) -> Option<Result<(), IngestError>> {
     if group.is_empty() {
         return None;
     }
-    let max_bytes = cfg.max_bytes;
     if let Some(why) = store.fatal() {
         let e = IngestError::Disk(format!("{why}; the agent is restarting"));
         refuse_all(group, e.clone());
         return Some(Err(e));
     }
+    if !room_on_disk(store, group, cfg, space_low) {
+        return None;
+    }
+    let batch = Batch::admit(store, group, cfg.max_bytes, now);
+    if batch.accepted.is_empty() {
+        return None;
+    }
+    Some(batch.commit(store))
+}
+
+/// Whether the disk has room for `group` above `queue.min_free_space`; if not, every request
+/// of it is refused (the state change logged once).
+fn room_on_disk(
+    store: &Store,
+    group: &mut Vec<WriteReq>,
+    cfg: &WriterConfig,
+    space_low: &mut bool,
+) -> bool {
     let incoming: u64 = group
         .iter()
         .flat_map(|r| &r.alerts)
@@ -338,7 +358,7 @@ fn commit_work(
                     mib(cfg.min_free_space)
                 )),
             );
-            return None;
+            return false;
         }
         Ok(free) if *space_low => {
             tracing::info!(
@@ -349,87 +369,105 @@ fn commit_work(
         }
         _ => {}
     }
-    let mut used = store.total_bytes();
-    let mut rows = Vec::new();
-    let mut meta = Vec::new();
-    let mut undead = Vec::new();
-    let mut accepted = Vec::new();
-    for req in group.drain(..) {
-        let envs: Vec<Vec<u8>> = req
-            .alerts
-            .iter()
-            .map(|a| {
-                Envelope {
-                    received_at: now,
-                    attempts: 0,
-                    next_attempt_at: 0,
-                    key_hash: a.key_hash,
-                    payload: a.payload.clone(),
+    true
+}
+
+/// The requests of one commit that fit in `queue.max_bytes`, as rows with their ids.
+struct Batch {
+    rows: Vec<(String, u64, Vec<u8>)>,
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+    undead: Vec<u64>,
+    accepted: Vec<(Reply, Vec<u64>)>,
+}
+
+impl Batch {
+    /// Takes every request of `group` that fits whole (the others are answered QueueFull).
+    fn admit(store: &Store, group: &mut Vec<WriteReq>, max_bytes: u64, now: Millis) -> Batch {
+        let mut used = store.total_bytes();
+        let mut b = Batch {
+            rows: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            accepted: Vec::new(),
+        };
+        for req in group.drain(..) {
+            let envs: Vec<Vec<u8>> = req
+                .alerts
+                .iter()
+                .map(|a| {
+                    Envelope {
+                        received_at: now,
+                        attempts: 0,
+                        next_attempt_at: 0,
+                        key_hash: a.key_hash,
+                        payload: a.payload.clone(),
+                    }
+                    .encode()
+                })
+                .collect();
+            let size: u64 = envs.iter().map(|e| e.len() as u64).sum();
+            // A request with alerts must fit whole; one with only metadata always fits.
+            if !envs.is_empty() && used + size > max_bytes {
+                let full = IngestError::QueueFull {
+                    used,
+                    max: max_bytes,
+                };
+                let _ = req.reply.send(Err(full));
+                continue;
+            }
+            used += size;
+            let first = store.reserve_seq(envs.len() as u64);
+            let ids: Vec<u64> = (first..first + envs.len() as u64).collect();
+            for ((a, env), id) in req.alerts.iter().zip(envs).zip(&ids) {
+                b.rows.push((a.integration.clone(), *id, env));
+            }
+            b.meta.extend(req.meta);
+            b.undead.extend(req.undead);
+            b.accepted.push((req.reply, ids));
+        }
+        b
+    }
+
+    /// One atomic write and one fsync; every accepted request is answered after it.
+    fn commit(self, store: &Store) -> Result<(), IngestError> {
+        let written = if self.undead.is_empty() {
+            store.append(&self.rows, &self.meta)
+        } else {
+            store.append_requeue(&self.rows, &self.meta, &self.undead)
+        };
+        let proof = match written.and_then(|()| store.sync()) {
+            Ok(()) => {
+                for (reply, ids) in self.accepted {
+                    let _ = reply.send(Ok(ids));
                 }
-                .encode()
-            })
-            .collect();
-        let size: u64 = envs.iter().map(|e| e.len() as u64).sum();
-        // A request with alerts must fit whole; one with only metadata always fits.
-        if !envs.is_empty() && used + size > max_bytes {
-            let _ = req.reply.send(Err(IngestError::QueueFull {
-                used,
-                max: max_bytes,
-            }));
-            continue;
-        }
-        used += size;
-        let first = store.reserve_seq(envs.len() as u64);
-        let ids: Vec<u64> = (first..first + envs.len() as u64).collect();
-        for ((a, env), id) in req.alerts.iter().zip(envs).zip(&ids) {
-            rows.push((a.integration.clone(), *id, env));
-        }
-        meta.extend(req.meta);
-        undead.extend(req.undead);
-        accepted.push((req.reply, ids));
-    }
-    if accepted.is_empty() {
-        return None;
-    }
-    let written = if undead.is_empty() {
-        store.append(&rows, &meta)
-    } else {
-        store.append_requeue(&rows, &meta, &undead)
-    };
-    let result = written.and_then(|()| store.sync());
-    let proof = match result {
-        Ok(()) => {
-            for (reply, ids) in accepted {
-                let _ = reply.send(Ok(ids));
+                Ok(())
             }
-            Ok(())
-        }
-        Err(e) => {
-            let msg = e.reason();
-            if e.is_fatal() {
-                // The store is marked fatal (see `Store::watch`): the daemon exits and says
-                // why, once. Here it is only the refusal of this group.
-                tracing::warn!(
-                    "Writing {} alerts to the queue failed ({msg}); they were refused with 503.",
-                    rows.len()
-                );
-            } else {
-                tracing::error!(
-                    "Writing {} alerts to the queue failed ({msg}); they were refused with 503.",
-                    rows.len()
-                );
+            Err(e) => {
+                let msg = e.reason();
+                let n = self.rows.len();
+                if e.is_fatal() {
+                    // The store is marked fatal (see `Store::watch`): the daemon exits and
+                    // says why, once. Here it is only the refusal of this group.
+                    tracing::warn!(
+                        "Writing {n} alerts to the queue failed ({msg}); they were refused with 503."
+                    );
+                } else {
+                    tracing::error!(
+                        "Writing {n} alerts to the queue failed ({msg}); they were refused with 503."
+                    );
+                }
+                let e = IngestError::Disk(msg);
+                for (reply, _) in self.accepted {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Err(e)
             }
-            let e = IngestError::Disk(msg);
-            for (reply, _) in accepted {
-                let _ = reply.send(Err(e.clone()));
-            }
-            Err(e)
+        };
+        if !self.rows.is_empty() {
+            store.committed.notify_one();
         }
-    };
-    if !rows.is_empty() {
-        store.committed.notify_one();
+        proof
     }
-    Some(proof)
 }
 
 fn refuse_all(group: &mut Vec<WriteReq>, e: IngestError) {
