@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::SourceBoard;
+use super::SourceContext;
 use super::watch::DirWatch;
 use crate::config::{FileSource, LineFormat, StartAt};
 use crate::queue::envelope::key_hash;
@@ -1026,15 +1026,15 @@ pub fn text_uid(part: &str) -> String {
 }
 
 /// Runs one file source until `stop` turns true.
-pub async fn run(
-    src: FileSource,
-    ingest: Ingest,
-    max_body: usize,
-    mut stop: watch::Receiver<bool>,
-    board: SourceBoard,
-    clock: crate::clock::Clock,
-) {
-    let report = super::source_reporter(board, "file", &src.path);
+pub async fn run(src: FileSource, ctx: SourceContext) {
+    let SourceContext {
+        ingest,
+        max_body,
+        mut stop,
+        clock,
+        ..
+    } = ctx.clone();
+    let report = ctx.reporter("file", &src.path);
     report(&|_| {});
     let mut dirs = DirWatch::new(vec![src.dir.clone()]);
     let poll = src.poll_interval;
@@ -1567,11 +1567,13 @@ mod tests {
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(run(
             r.source(1024),
-            r.ingest.clone(),
-            1 << 20,
-            stop,
-            SourceBoard::default(),
-            clock,
+            SourceContext {
+                ingest: r.ingest.clone(),
+                max_body: 1 << 20,
+                stop,
+                board: crate::sources::SourceBoard::default(),
+                clock,
+            },
         ));
         let end = Instant::now() + Duration::from_secs(20);
         while r.store.dead_count() == 0 {

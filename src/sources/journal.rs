@@ -50,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::SourceBoard;
+use super::SourceContext;
 use super::file::{DEAD_PREFIX, Refused, bounded_alert, dead_letters, say_again, sleep_or_stop};
 use crate::config::{JournalSource, PRIORITY_NAMES, StartAt};
 use crate::queue::envelope::key_hash;
@@ -817,15 +817,15 @@ async fn newest_cursor(src: &JournalSource) -> Result<Option<String>, String> {
 }
 
 /// Runs one journal source until `stop` turns true.
-pub async fn run(
-    src: JournalSource,
-    ingest: Ingest,
-    max_body: usize,
-    mut stop: watch::Receiver<bool>,
-    board: SourceBoard,
-    clock: crate::clock::Clock,
-) {
-    let report = super::source_reporter(board, "journal", Path::new(&src.name));
+pub async fn run(src: JournalSource, ctx: SourceContext) {
+    let SourceContext {
+        ingest,
+        max_body,
+        mut stop,
+        clock,
+        ..
+    } = ctx.clone();
+    let report = ctx.reporter("journal", Path::new(&src.name));
     report(&|_| {});
     let store = ingest.store().clone();
     let name = src.name.as_str();

@@ -35,7 +35,7 @@ pub fn source_reporter(
     board: SourceBoard,
     kind: &'static str,
     path: &std::path::Path,
-) -> impl Fn(&dyn Fn(&mut SourceStatus)) {
+) -> impl Fn(&dyn Fn(&mut SourceStatus)) + use<> {
     let name = format!("{kind} {}", path.display());
     let path = path.display().to_string();
     move |f: &dyn Fn(&mut SourceStatus)| {

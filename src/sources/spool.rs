@@ -29,9 +29,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
-
-use super::SourceBoard;
+use super::SourceContext;
 use super::file::sleep_or_stop;
 use super::watch::DirWatch;
 use crate::config::SpoolSource;
@@ -382,15 +380,14 @@ fn read_alert(path: &Path, max_body: usize) -> Result<(Vec<u8>, u64), ReadError>
 }
 
 /// Runs the spool source until `stop` turns true.
-pub async fn run(
-    src: SpoolSource,
-    initial: Vec<String>,
-    ingest: Ingest,
-    max_body: usize,
-    mut stop: watch::Receiver<bool>,
-    board: SourceBoard,
-) {
-    let report = super::source_reporter(board, "spool", &src.path);
+pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
+    let SourceContext {
+        ingest,
+        max_body,
+        mut stop,
+        ..
+    } = ctx.clone();
+    let report = ctx.reporter("spool", &src.path);
     report(&|_| {});
     let poll = src.poll_interval;
     let mut spool = Some(Spool {
