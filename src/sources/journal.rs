@@ -51,7 +51,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::SourceContext;
-use super::file::{DEAD_PREFIX, Refused, bounded_alert, dead_letters, say_again, sleep_or_stop};
+use super::commit::{
+    DEAD_PREFIX, RETRY_AFTER, Refused, bounded_alert, dead_letters, lossy_prefix, say_again,
+    sleep_or_stop,
+};
 use crate::config::{JournalSource, PRIORITY_NAMES, StartAt};
 use crate::queue::envelope::key_hash;
 use crate::queue::store::{META_PREFIX, MetaEntry};
@@ -78,8 +81,6 @@ pub const STDERR_KEEP: usize = 1024;
 pub const TITLE_MAX: usize = 256;
 /// Longest cursor accepted (journalctl's are about 130 bytes).
 const CURSOR_MAX: usize = 512;
-/// Wait before retrying a commit the queue refused (full, busy or a disk error).
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Bytes `journalctl`'s output is read by.
 const READ_BUF: usize = 64 * 1024;
 
@@ -740,10 +741,6 @@ fn to_item(src: &JournalSource, m: Msg, max_body: usize) -> Option<Item> {
     }
 }
 
-fn lossy_prefix(b: &[u8]) -> String {
-    String::from_utf8_lossy(&b[..b.len().min(DEAD_PREFIX)]).into_owned()
-}
-
 /// A run of journalctl failures, logged once.
 struct Episode {
     /// The failure was logged and not yet followed by a working journalctl.
@@ -830,7 +827,7 @@ pub async fn run(src: JournalSource, ctx: SourceContext) {
     let store = ingest.store().clone();
     let name = src.name.as_str();
     let mut episode = Episode::new();
-    // Why queueing failed last and when that was said (see `file::say_again`).
+    // Why queueing failed last and when that was said (see `commit::say_again`).
     let mut said: Option<(std::mem::Discriminant<IngestError>, Instant)> = None;
 
     // The saved cursor; None (the key absent) on the first run.

@@ -2,13 +2,18 @@
 //! source hands alerts to `queue::Ingest` and never writes alerts to sled itself.
 //!
 //! - [`file`]: `[[source]] type = "file"`, lines appended to files, rotation followed; the read
-//!   position is committed in the same atomic write as the alerts read up to it.
+//!   position is committed in the same atomic write as the alerts read up to it. One file per
+//!   role: `track` (which file is which, rotation), `lines` (line framing), `format` (a line as
+//!   an alert), `run` (the task and its commits).
 //! - [`spool`]: `[[source]] type = "spool"`, one alert per file dropped in a folder; also where
 //!   `send` leaves an alert when the daemon does not answer.
 //! - [`journal`]: `[[source]] type = "journal"`, systemd journal entries read through a
 //!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
 //! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
+//! - [`commit`]: what they share on the way to a commit (dead letters, pacing of retries);
+//!   [`report`]: what each publishes for the status. [`SourceContext`] is what each is given.
 
+pub(crate) mod commit;
 pub(crate) mod file;
 pub(crate) mod journal;
 pub(crate) mod report;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::SourceContext;
-use super::file::sleep_or_stop;
+use super::commit::{say_again, sleep_or_stop};
 use super::watch::DirWatch;
 use crate::config::SpoolSource;
 use crate::queue::writer::{Alert, Ingest, IngestError};
@@ -401,7 +401,7 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
     let mut dirs = DirWatch::new(spool.as_ref().map(|s| s.initial_dirs()).unwrap_or_default());
     let mut dirs_ok = false;
     let mut next_poll = tokio::time::Instant::now();
-    // Why queueing failed last and when that was said (see `file::say_again`).
+    // Why queueing failed last and when that was said (see `commit::say_again`).
     let mut said = None;
     // Files per commit: halved when the queue has no room for a whole batch (the writer takes
     // a commit whole or not at all), so that one file at a time still goes in.
@@ -486,7 +486,7 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
                 Err(IngestError::UnknownIntegration(_)) => {}
                 Err(e) => {
                     let msg = e.to_string();
-                    if super::file::say_again(&mut said, &e) {
+                    if say_again(&mut said, &e) {
                         tracing::warn!(path = %src.path.display(), "Spool files could not be queued ({msg}); they stay and are read again shortly.");
                     }
                     report(&|s| s.last_error = Some(msg.clone()));
