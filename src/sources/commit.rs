@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::queue::Store;
-use crate::queue::store::DeadLetter;
-use crate::queue::writer::{Alert, IngestError};
+use crate::queue::store::{DeadLetter, MetaEntry};
+use crate::queue::writer::{Alert, Ingest, IngestError};
 
 /// Bytes of a refused line kept in its dead letter.
 pub(crate) const DEAD_PREFIX: usize = 4096;
@@ -50,12 +50,12 @@ pub(crate) fn bounded_alert(
 /// How long a repeated failure to queue stays unsaid.
 const QUIET: Duration = Duration::from_secs(60);
 
+/// Why queueing failed last and when that was said (see [`say_again`]).
+pub(crate) type Said = Option<(std::mem::Discriminant<IngestError>, std::time::Instant)>;
+
 /// Whether failure `e` is worth a log line: another reason than the last one said, or the
 /// same one after [`QUIET`]. Records it as said.
-pub(crate) fn say_again(
-    said: &mut Option<(std::mem::Discriminant<IngestError>, std::time::Instant)>,
-    e: &IngestError,
-) -> bool {
+pub(crate) fn say_again(said: &mut Said, e: &IngestError) -> bool {
     let kind = std::mem::discriminant(e);
     let again = match said {
         Some((k, at)) => *k != kind || at.elapsed() >= QUIET,
@@ -101,5 +101,34 @@ pub(crate) async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>)
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+/// Commits metadata alone (start-up read positions, the journal's first cursor), retrying
+/// while the queue refuses it; `what` names it in the warning. False if the agent stops first.
+pub(crate) async fn commit_meta(
+    ingest: &Ingest,
+    meta: Vec<MetaEntry>,
+    what: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if meta.is_empty() {
+        return true;
+    }
+    let mut warned = false;
+    loop {
+        match ingest.commit(Vec::new(), meta.clone(), true).await {
+            Ok(_) => return true,
+            Err(IngestError::Closed) => return false,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("Saving {what} failed ({e}); retrying.");
+                    warned = true;
+                }
+                if sleep_or_stop(RETRY_AFTER, stop).await {
+                    return false;
+                }
+            }
+        }
     }
 }

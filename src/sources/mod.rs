@@ -28,6 +28,10 @@ use crate::queue::Ingest;
 pub use file::{run as tail_file, text_uid};
 pub use report::{SourceBoard, SourceStatus, source_reporter};
 
+/// How a source updates its entry on the [`SourceBoard`] (see [`source_reporter`]); boxed so
+/// that a source's state can hold it.
+pub type Report = Box<dyn Fn(&dyn Fn(&mut SourceStatus)) + Send + Sync>;
+
 /// What every source task is given (vector's `SourceContext`): where its alerts go, how big
 /// one may be, when to stop, where it reports, and the clock.
 #[derive(Clone)]
@@ -50,12 +54,8 @@ pub struct SourceContext {
 impl SourceContext {
     /// The function through which the source `kind` reading `path` updates its entry on the
     /// board.
-    pub fn reporter(
-        &self,
-        kind: &'static str,
-        path: &std::path::Path,
-    ) -> impl Fn(&dyn Fn(&mut SourceStatus)) + use<> {
-        source_reporter(self.board.clone(), kind, path)
+    pub fn reporter(&self, kind: &'static str, path: &std::path::Path) -> Report {
+        Box::new(source_reporter(self.board.clone(), kind, path))
     }
 }
 
