@@ -62,6 +62,16 @@ pub(super) fn init_key(path: &Path) -> Vec<u8> {
     k
 }
 
+/// A saved position whose file was not found intact at start.
+pub(super) struct Lost {
+    /// Its key in sled (forgotten).
+    key: Vec<u8>,
+    id: FileId,
+    saved: Saved,
+    /// Its inode is still in the folder (truncated or replaced, not gone).
+    inode_here: bool,
+}
+
 /// An entry of the folder: a regular file (or a link to one in the folder), and whether its
 /// name matches.
 pub(super) struct Entry {
@@ -142,97 +152,134 @@ impl Tailer {
         // new files.
         let mut lost = Vec::new();
         for (key, value) in saved {
-            let Some(id) = key
-                .get(t.prefix.len()..)
-                .and_then(|r| Some((r.get(..8)?.try_into().ok()?, r.get(8..)?.try_into().ok()?)))
-                .map(|(d, i): ([u8; 8], [u8; 8])| FileId {
-                    dev: u64::from_be_bytes(d),
-                    ino: u64::from_be_bytes(i),
-                })
-            else {
-                continue;
-            };
-            let Ok(saved) = serde_json::from_slice::<Saved>(&value) else {
-                tracing::warn!(source = %t.src.path.display(), "A saved read position is unreadable; it is dropped.");
-                meta.push((key, Vec::new()));
-                continue;
-            };
-            let same_content = |e: &Entry| {
-                e.len >= saved.pos.offset
-                    && open_file(&e.open)
-                        .ok()
-                        .filter(|f| {
-                            saved.pos.fp_len == 0
-                                || fingerprint(f, saved.pos.fp_len).ok().flatten()
-                                    == Some(saved.pos.fp)
-                        })
-                        .is_some()
-            };
-            let here = listing.iter().find(|e| e.id == id);
-            // Some file systems number their device anew at each boot: the same inode with
-            // the same first bytes is the same file.
-            let intact = here.filter(|e| same_content(e)).or_else(|| {
-                listing
-                    .iter()
-                    .find(|e| e.id.ino == id.ino && e.id.dev != id.dev && same_content(e))
-            });
-            let intact = intact.and_then(|e| Some((e, open_file(&e.open).ok()?)));
-            match intact {
-                Some((e, file)) => {
-                    if !e.matched {
-                        tracing::info!(from = %saved.path, to = %e.path.display(), line = saved.pos.line, "A followed file was renamed while the agent was stopped; reading it to its end.");
-                    }
-                    if e.id != id {
-                        meta.push((key, Vec::new()));
-                        meta.push(t.saved_entry(e.id, &e.path, saved.pos));
-                    }
-                    t.files.push(Tracked {
-                        id: e.id,
-                        path: e.path.clone(),
-                        file,
-                        pos: saved.pos,
-                        // A file renamed away while the agent was stopped is no longer written.
-                        retired: (!e.matched).then(Instant::now),
-                        long: None,
-                        dead_done_to: 0,
-                    });
-                }
-                None => lost.push((key, id, saved, here.is_some())),
+            if let Some(l) = t.find_again(&listing, key, &value, &mut meta) {
+                lost.push(l);
             }
         }
-        for (key, id, saved, inode_here) in lost {
-            // Gone, truncated or replaced: its unread end may be in a copy (copytruncate).
-            meta.push((key, Vec::new()));
-            match t.find_copy(&listing, &saved.pos, Some(id)) {
-                Some(copy) => {
-                    tracing::info!(from = %saved.path, copy = %copy.path.display(), line = saved.pos.line, "A followed file was truncated while the agent was stopped; its copy is read from where reading stood.");
-                    meta.push(t.saved_entry(copy.id, &copy.path, copy.pos));
-                    t.files.push(copy);
-                }
-                None if inode_here => {
-                    tracing::warn!(path = %saved.path, line = saved.pos.line, "A followed file was truncated or replaced while the agent was stopped and no copy of it was found; it is read from its start. Lines written after line {} before that may be missing.", saved.pos.line)
-                }
-                None => {
-                    tracing::warn!(path = %saved.path, line = saved.pos.line, "A followed file disappeared while the agent was stopped (rotated and compressed, moved to another folder, or deleted); lines written to it after line {} were not read.", saved.pos.line)
-                }
-            }
+        for l in lost {
+            t.find_lost(&listing, l, &mut meta);
         }
-        for e in listing.iter().filter(|e| e.matched) {
-            if t.files.iter().any(|f| f.id == e.id) {
-                continue;
-            }
-            let at_end = first_run && t.src.start_at == StartAt::End;
-            if let Some(tr) = t.take_on(e, at_end)? {
-                if tr.pos.offset > 0 {
-                    meta.push(t.saved_entry(tr.id, &tr.path, tr.pos));
-                }
-                t.files.push(tr);
-            }
-        }
+        t.take_on_new(&listing, first_run, &mut meta)?;
         if first_run {
             meta.push((init_key(&t.src.path), b"1".to_vec()));
         }
         Ok((t, meta))
+    }
+
+    /// Follows the file of one saved position again if it is intact in the folder (where it
+    /// was, renamed, or with its device numbered anew); otherwise returns it as lost. Metadata
+    /// to commit goes to `meta`.
+    fn find_again(
+        &mut self,
+        listing: &[Entry],
+        key: Vec<u8>,
+        value: &[u8],
+        meta: &mut Vec<MetaEntry>,
+    ) -> Option<Lost> {
+        let id = key
+            .get(self.prefix.len()..)
+            .and_then(|r| Some((r.get(..8)?.try_into().ok()?, r.get(8..)?.try_into().ok()?)))
+            .map(|(d, i): ([u8; 8], [u8; 8])| FileId {
+                dev: u64::from_be_bytes(d),
+                ino: u64::from_be_bytes(i),
+            })?;
+        let Ok(saved) = serde_json::from_slice::<Saved>(value) else {
+            tracing::warn!(source = %self.src.path.display(), "A saved read position is unreadable; it is dropped.");
+            meta.push((key, Vec::new()));
+            return None;
+        };
+        let same_content = |e: &Entry| {
+            e.len >= saved.pos.offset
+                && open_file(&e.open)
+                    .ok()
+                    .filter(|f| {
+                        saved.pos.fp_len == 0
+                            || fingerprint(f, saved.pos.fp_len).ok().flatten() == Some(saved.pos.fp)
+                    })
+                    .is_some()
+        };
+        let here = listing.iter().find(|e| e.id == id);
+        // Some file systems number their device anew at each boot: the same inode with
+        // the same first bytes is the same file.
+        let intact = here.filter(|e| same_content(e)).or_else(|| {
+            listing
+                .iter()
+                .find(|e| e.id.ino == id.ino && e.id.dev != id.dev && same_content(e))
+        });
+        let Some((e, file)) = intact.and_then(|e| Some((e, open_file(&e.open).ok()?))) else {
+            return Some(Lost {
+                key,
+                id,
+                saved,
+                inode_here: here.is_some(),
+            });
+        };
+        if !e.matched {
+            tracing::info!(from = %saved.path, to = %e.path.display(), line = saved.pos.line, "A followed file was renamed while the agent was stopped; reading it to its end.");
+        }
+        if e.id != id {
+            meta.push((key, Vec::new()));
+            meta.push(self.saved_entry(e.id, &e.path, saved.pos));
+        }
+        self.files.push(Tracked {
+            id: e.id,
+            path: e.path.clone(),
+            file,
+            pos: saved.pos,
+            // A file renamed away while the agent was stopped is no longer written.
+            retired: (!e.matched).then(Instant::now),
+            long: None,
+            dead_done_to: 0,
+        });
+        None
+    }
+
+    /// A saved file not found intact (gone, truncated or replaced): its position is forgotten,
+    /// and its unread end followed in a copy if there is one (copytruncate).
+    fn find_lost(&mut self, listing: &[Entry], lost: Lost, meta: &mut Vec<MetaEntry>) {
+        let Lost {
+            key,
+            id,
+            saved,
+            inode_here,
+        } = lost;
+        meta.push((key, Vec::new()));
+        match self.find_copy(listing, &saved.pos, Some(id)) {
+            Some(copy) => {
+                tracing::info!(from = %saved.path, copy = %copy.path.display(), line = saved.pos.line, "A followed file was truncated while the agent was stopped; its copy is read from where reading stood.");
+                meta.push(self.saved_entry(copy.id, &copy.path, copy.pos));
+                self.files.push(copy);
+            }
+            None if inode_here => {
+                tracing::warn!(path = %saved.path, line = saved.pos.line, "A followed file was truncated or replaced while the agent was stopped and no copy of it was found; it is read from its start. Lines written after line {} before that may be missing.", saved.pos.line)
+            }
+            None => {
+                tracing::warn!(path = %saved.path, line = saved.pos.line, "A followed file disappeared while the agent was stopped (rotated and compressed, moved to another folder, or deleted); lines written to it after line {} were not read.", saved.pos.line)
+            }
+        }
+    }
+
+    /// Starts following the matching files no saved position led to: from their end on the
+    /// first run with `start_at = "end"`, else from their start.
+    fn take_on_new(
+        &mut self,
+        listing: &[Entry],
+        first_run: bool,
+        meta: &mut Vec<MetaEntry>,
+    ) -> Result<(), TailError> {
+        for e in listing.iter().filter(|e| e.matched) {
+            if self.files.iter().any(|f| f.id == e.id) {
+                continue;
+            }
+            let at_end = first_run && self.src.start_at == StartAt::End;
+            if let Some(tr) = self.take_on(e, at_end)? {
+                if tr.pos.offset > 0 {
+                    meta.push(self.saved_entry(tr.id, &tr.path, tr.pos));
+                }
+                self.files.push(tr);
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn saved_entry(&self, id: FileId, path: &Path, pos: Pos) -> MetaEntry {
