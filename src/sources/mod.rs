@@ -9,6 +9,7 @@
 //!   `send` leaves an alert when the daemon does not answer.
 //! - [`journal`]: `[[source]] type = "journal"`, systemd journal entries read through a
 //!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
+//!   `child` (journalctl and its output), `entry` (an entry as an alert), `run` (the task).
 //! - [`watch`]: the inotify wake-ups both share, with a slow poll as the safety net.
 //! - [`commit`]: what they share on the way to a commit (dead letters, pacing of retries);
 //!   [`report`]: what each publishes for the status. [`SourceContext`] is what each is given.
