@@ -179,31 +179,7 @@ pub(super) fn read_child(
     tx: &mpsc::Sender<Msg>,
     slot: &Mutex<Slot>,
 ) {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(program);
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("SYSTEMD_COLORS", "0")
-        .env("SYSTEMD_PAGER", "");
-    let parent = std::process::id();
-    // SAFETY: between fork and exec the closure only calls prctl and getppid, both
-    // async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Dies with this thread, which lives until the child is reaped: a kill -9 of the
-            // agent leaves no journalctl behind.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("the agent exited"));
-            }
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn_child(program, &args) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.blocking_send(Msg::Exited {
@@ -230,22 +206,7 @@ pub(super) fn read_child(
     let errors = std::thread::Builder::new()
         .name("journalctl-err".into())
         .spawn(move || keep_head(stderr, STDERR_KEEP));
-    let mut lines = LineReader::new(stdout, max_line);
-    let read_error = loop {
-        match lines.next() {
-            Ok(Some(m)) => {
-                if tx.blocking_send(m).is_err() {
-                    // The task is gone (shutdown): nothing reads further.
-                    if let Some(c) = slot.lock().expect("journalctl lock").child.as_mut() {
-                        let _ = c.kill();
-                    }
-                    break None;
-                }
-            }
-            Ok(None) => break None,
-            Err(e) => break Some(e),
-        }
-    };
+    let read_error = forward(LineReader::new(stdout, max_line), tx, slot);
     let child = slot.lock().expect("journalctl lock").child.take();
     let status = child.map(|mut c| {
         if read_error.is_some() {
@@ -254,7 +215,70 @@ pub(super) fn read_child(
         c.wait()
     });
     let stderr = errors.ok().and_then(|h| h.join().ok()).unwrap_or_default();
-    let said = String::from_utf8_lossy(&stderr);
+    let (ok, why) = how_it_ended(status, read_error, &stderr);
+    let _ = tx.blocking_send(Msg::Exited { ok, why });
+}
+
+/// Spawns journalctl, tied to the calling thread: it gets SIGKILL when the thread dies.
+fn spawn_child(program: &Path, args: &[OsString]) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("SYSTEMD_COLORS", "0")
+        .env("SYSTEMD_PAGER", "");
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure only calls prctl and getppid, both
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Dies with this thread, which lives until the child is reaped: a kill -9 of the
+            // agent leaves no journalctl behind.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the agent exited"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Sends the child's lines until its output ends or the task is gone (then the child is
+/// killed); the read error, if reading failed.
+fn forward(
+    mut lines: LineReader<std::process::ChildStdout>,
+    tx: &mpsc::Sender<Msg>,
+    slot: &Mutex<Slot>,
+) -> Option<std::io::Error> {
+    loop {
+        match lines.next() {
+            Ok(Some(m)) => {
+                if tx.blocking_send(m).is_err() {
+                    // The task is gone (shutdown): nothing reads further.
+                    if let Some(c) = slot.lock().expect("journalctl lock").child.as_mut() {
+                        let _ = c.kill();
+                    }
+                    return None;
+                }
+            }
+            Ok(None) => return None,
+            Err(e) => return Some(e),
+        }
+    }
+}
+
+/// Whether journalctl ended well, and why it ended in words (with what it said on stderr).
+fn how_it_ended(
+    status: Option<std::io::Result<std::process::ExitStatus>>,
+    read_error: Option<std::io::Error>,
+    stderr: &[u8],
+) -> (bool, String) {
+    let said = String::from_utf8_lossy(stderr);
     let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
     let (ok, mut why) = match status {
         Some(Ok(st)) if st.success() => (true, "journalctl exited".to_string()),
@@ -268,7 +292,7 @@ pub(super) fn read_child(
     if !said.is_empty() {
         why = format!("{why}: {said}");
     }
-    let _ = tx.blocking_send(Msg::Exited { ok, why });
+    (ok, why)
 }
 
 pub(super) fn describe_status(st: std::process::ExitStatus) -> String {
