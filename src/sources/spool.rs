@@ -29,9 +29,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::SourceContext;
-use super::commit::{say_again, sleep_or_stop};
+use super::commit::{Said, say_again, sleep_or_stop};
 use super::watch::DirWatch;
+use super::{Report, SourceContext};
 use crate::config::SpoolSource;
 use crate::queue::writer::{Alert, Ingest, IngestError};
 
@@ -379,53 +379,108 @@ fn read_alert(path: &Path, max_body: usize) -> Result<(Vec<u8>, u64), ReadError>
     Ok((body, key))
 }
 
-/// Runs the spool source until `stop` turns true.
+/// Runs the spool source until `ctx.stop` turns true.
 pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
-    let SourceContext {
-        ingest,
-        max_body,
-        mut stop,
-        ..
-    } = ctx.clone();
-    let report = ctx.reporter("spool", &src.path);
-    report(&|_| {});
-    let poll = src.poll_interval;
-    let mut spool = Some(Spool {
+    let mut spool = Spool {
         src: src.clone(),
-        ingest: ingest.clone(),
+        ingest: ctx.ingest.clone(),
         initial,
-        max_body,
+        max_body: ctx.max_body,
         stuck: HashSet::new(),
         warned: HashSet::new(),
-    });
-    let mut dirs = DirWatch::new(spool.as_ref().map(|s| s.initial_dirs()).unwrap_or_default());
-    let mut dirs_ok = false;
-    let mut next_poll = tokio::time::Instant::now();
-    // Why queueing failed last and when that was said (see `commit::say_again`).
-    let mut said = None;
-    // Files per commit: halved when the queue has no room for a whole batch (the writer takes
-    // a commit whole or not at all), so that one file at a time still goes in.
-    let mut per_commit = BATCH;
-    tracing::info!(path = %src.path.display(), "Reading the spool folder.");
+    };
+    let mut task = SpoolTask::new(src, ctx, spool.initial_dirs());
+    tracing::info!(path = %task.src.path.display(), "Reading the spool folder.");
     loop {
-        if *stop.borrow() {
+        if *task.ctx.stop.borrow() {
             break;
         }
-        let polled = tokio::time::Instant::now() >= next_poll;
+        let polled = tokio::time::Instant::now() >= task.next_poll;
         if polled {
-            next_poll = tokio::time::Instant::now() + poll;
+            task.next_poll = tokio::time::Instant::now() + task.src.poll_interval;
         }
-        let rescan = dirs.take_rescan() || polled;
+        let rescan = task.dirs.take_rescan() || polled;
         if !rescan {
             tokio::select! {
-                _ = dirs.wait(next_poll) => {}
-                _ = stop.changed() => {}
+                _ = task.dirs.wait(task.next_poll) => {}
+                _ = task.ctx.stop.changed() => {}
             }
             continue;
         }
-        let Some(mut sp) = spool.take() else { return };
-        let must_create = !dirs_ok;
-        let limit = per_commit;
+        let Some((sp, batch)) = task.look(spool, polled).await else {
+            return;
+        };
+        let worked = !batch.alerts.is_empty() || !batch.failed.is_empty();
+        let Some(queued) = task.queue(batch.alerts).await else {
+            break;
+        };
+        let Some(sp) = task.tidy(sp, queued.done, batch.failed, queued.count).await else {
+            return;
+        };
+        spool = sp;
+        if queued.retry_later {
+            if sleep_or_stop(Duration::from_secs(1), &mut task.ctx.stop).await {
+                break;
+            }
+            task.dirs.request_rescan();
+        } else if worked {
+            // There may be more than one batch waiting.
+            task.dirs.request_rescan();
+        }
+    }
+    tracing::debug!(path = %task.src.path.display(), "The spool source stopped.");
+}
+
+/// The spool source's task, between two listings.
+struct SpoolTask {
+    src: SpoolSource,
+    ctx: SourceContext,
+    report: Report,
+    /// Wakes the task when a watched folder changes.
+    dirs: DirWatch,
+    /// The folders of the integrations configured at start exist (made once).
+    dirs_ok: bool,
+    /// When the spool is listed again even without a wake-up.
+    next_poll: tokio::time::Instant,
+    /// Why queueing failed last and when that was said (see `commit::say_again`).
+    said: Said,
+    /// Files per commit: halved when the queue has no room for a whole batch (the writer
+    /// takes a commit whole or not at all), so that one file at a time still goes in.
+    per_commit: usize,
+}
+
+/// What one commit of spool files did.
+struct Queued {
+    /// Alerts now in the queue.
+    count: usize,
+    /// Their files, to remove (none unless the commit went in).
+    done: Vec<PathBuf>,
+    /// The queue refused them for now: list again after a pause.
+    retry_later: bool,
+}
+
+impl SpoolTask {
+    fn new(src: SpoolSource, ctx: SourceContext, dirs: Vec<PathBuf>) -> SpoolTask {
+        let report = ctx.reporter("spool", &src.path);
+        report(&|_| {});
+        SpoolTask {
+            src,
+            ctx,
+            report,
+            dirs: DirWatch::new(dirs),
+            dirs_ok: false,
+            next_poll: tokio::time::Instant::now(),
+            said: None,
+            per_commit: BATCH,
+        }
+    }
+
+    /// Lists the spool and reads a batch of files (on a blocking thread, which takes the
+    /// reader and hands it back), creating the folders first until that worked once; watches
+    /// the folders found. None if the blocking task failed.
+    async fn look(&mut self, mut sp: Spool, polled: bool) -> Option<(Spool, Batch)> {
+        let must_create = !self.dirs_ok;
+        let limit = self.per_commit;
         let job = tokio::task::spawn_blocking(move || {
             let created = if must_create {
                 Some(sp.ensure_dirs())
@@ -437,19 +492,19 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
             (sp, created, batch, listing)
         })
         .await;
-        let Ok((mut sp, created, batch, listing)) = job else {
-            tracing::error!(path = %src.path.display(), "The spool reading task failed.");
-            return;
+        let Ok((sp, created, batch, listing)) = job else {
+            tracing::error!(path = %self.src.path.display(), "The spool reading task failed.");
+            return None;
         };
         match created {
             Some(Ok(())) => {
-                dirs_ok = true;
-                dirs.refresh();
+                self.dirs_ok = true;
+                self.dirs.refresh();
             }
             Some(Err(e)) => {
                 let msg = format!("cannot create the spool folders: {e}");
-                tracing::error!(path = %src.path.display(), "{msg}. Alerts written there by `send` wait until it is fixed.");
-                report(&|s| s.last_error = Some(msg.clone()));
+                tracing::error!(path = %self.src.path.display(), "{msg}. Alerts written there by `send` wait until it is fixed.");
+                (self.report)(&|s| s.last_error = Some(msg.clone()));
             }
             None => {}
         }
@@ -457,48 +512,67 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
             tracing::warn!(folder = %dir.display(), files = n, "Spool files wait in the folder of an integration that is not configured; they stay there and are read if it is configured again.");
         }
         // Folders of integrations added by a reload, or made by `send`, get watched.
-        dirs.set_dirs(listing.dirs);
+        self.dirs.set_dirs(listing.dirs);
         if polled {
-            dirs.refresh();
+            self.dirs.refresh();
         }
         let waiting = listing.waiting;
-        report(&|s| s.files = waiting);
-        let worked = !batch.alerts.is_empty() || !batch.failed.is_empty();
+        (self.report)(&|s| s.files = waiting);
+        Some((sp, batch))
+    }
 
+    /// Commits the alerts of integrations still configured in one write. None if the queue
+    /// closed (the agent stops).
+    async fn queue(&mut self, alerts: Vec<(Alert, PathBuf)>) -> Option<Queued> {
         // A reload may have removed an integration since the listing: its files stay (the
         // next listing warns about them) and must not hold back the others.
-        let (alerts, done): (Vec<Alert>, Vec<PathBuf>) = batch
-            .alerts
+        let (alerts, done): (Vec<Alert>, Vec<PathBuf>) = alerts
             .into_iter()
-            .filter(|(a, _)| ingest.knows(&a.integration))
+            .filter(|(a, _)| self.ctx.ingest.knows(&a.integration))
             .unzip();
-        let mut queued = 0;
-        let mut retry_later = false;
-        if !alerts.is_empty() {
-            let n = alerts.len();
-            match ingest.commit(alerts, Vec::new(), true).await {
-                Ok(_) => {
-                    queued = n;
-                    per_commit = per_commit.saturating_mul(2).min(BATCH);
+        let mut q = Queued {
+            count: 0,
+            done: Vec::new(),
+            retry_later: false,
+        };
+        if alerts.is_empty() {
+            return Some(q);
+        }
+        let n = alerts.len();
+        match self.ctx.ingest.commit(alerts, Vec::new(), true).await {
+            Ok(_) => {
+                q.count = n;
+                q.done = done;
+                self.per_commit = self.per_commit.saturating_mul(2).min(BATCH);
+            }
+            Err(IngestError::Closed) => return None,
+            // Removed between the check above and the commit: list again at once.
+            Err(IngestError::UnknownIntegration(_)) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if say_again(&mut self.said, &e) {
+                    tracing::warn!(path = %self.src.path.display(), "Spool files could not be queued ({msg}); they stay and are read again shortly.");
                 }
-                Err(IngestError::Closed) => break,
-                // Removed between the check above and the commit: list again at once.
-                Err(IngestError::UnknownIntegration(_)) => {}
-                Err(e) => {
-                    let msg = e.to_string();
-                    if say_again(&mut said, &e) {
-                        tracing::warn!(path = %src.path.display(), "Spool files could not be queued ({msg}); they stay and are read again shortly.");
-                    }
-                    report(&|s| s.last_error = Some(msg.clone()));
-                    retry_later = true;
-                    if matches!(e, IngestError::QueueFull { .. }) {
-                        per_commit = (n / 2).max(1);
-                    }
+                (self.report)(&|s| s.last_error = Some(msg.clone()));
+                q.retry_later = true;
+                if matches!(e, IngestError::QueueFull { .. }) {
+                    self.per_commit = (n / 2).max(1);
                 }
             }
         }
-        let done = if queued > 0 { done } else { Vec::new() };
-        let failed = batch.failed;
+        Some(q)
+    }
+
+    /// Removes the files whose alerts were queued and moves those that cannot be alerts to
+    /// failed/ (on a blocking thread), then says what happened. None if the blocking task
+    /// failed.
+    async fn tidy(
+        &mut self,
+        mut sp: Spool,
+        done: Vec<PathBuf>,
+        failed: Vec<(PathBuf, String)>,
+        queued: usize,
+    ) -> Option<Spool> {
         let job = tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();
             for p in &done {
@@ -523,10 +597,9 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
         })
         .await;
         let Ok((sp, errors, refused)) = job else {
-            tracing::error!(path = %src.path.display(), "The spool reading task failed.");
-            return;
+            tracing::error!(path = %self.src.path.display(), "The spool reading task failed.");
+            return None;
         };
-        spool = Some(sp);
         for e in &errors {
             tracing::error!("{e}");
         }
@@ -539,7 +612,7 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
             refused.last().cloned(),
             errors.last().cloned(),
         );
-        report(&|s| {
+        (self.report)(&|s| {
             s.alerts_total += nq;
             s.refused_total += nr;
             if last_r.is_some() {
@@ -549,17 +622,8 @@ pub async fn run(src: SpoolSource, initial: Vec<String>, ctx: SourceContext) {
                 s.last_error = last_e.clone();
             }
         });
-        if retry_later {
-            if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                break;
-            }
-            dirs.request_rescan();
-        } else if worked {
-            // There may be more than one batch waiting.
-            dirs.request_rescan();
-        }
+        Some(sp)
     }
-    tracing::debug!(path = %src.path.display(), "The spool source stopped.");
 }
 
 #[cfg(test)]
