@@ -39,7 +39,7 @@
 //!
 //! **Lines.** A line is read only once its newline is there. Blank lines are skipped. `\r`
 //! before the newline is dropped. A line longer than `max_line` is never held in memory: it is
-//! skipped to its newline and recorded with its first [`DEAD_PREFIX`](super::commit::DEAD_PREFIX) bytes.
+//! skipped to its newline and recorded with its first [`DEAD_PREFIX`] bytes.
 //!
 //! **A full queue** is waited out: the position does not move, the same lines are read again a
 //! second later, fewer per chunk each time the queue refuses them for lack of room (the writer
@@ -47,6 +47,9 @@
 //!
 //! Bounds: [`MAX_FILES`] followed files per source, [`MAX_LISTING`] folder entries looked at per
 //! listing, one read of at most `max(READ_CHUNK, max_line + 1)` bytes per commit.
+//!
+//! [`Ingest::commit`]: crate::queue::Ingest::commit
+//! [`DEAD_PREFIX`]: super::commit::DEAD_PREFIX
 
 mod format;
 mod lines;
@@ -136,7 +139,7 @@ pub struct Chunk {
     dead_to: u64,
 }
 
-/// The blocking half of a file source: listing, opening and reading. The async [`run`] loop
+/// The blocking half of a file source: listing, opening and reading. The async [`run()`] loop
 /// commits what it produces.
 pub struct Tailer {
     src: FileSource,

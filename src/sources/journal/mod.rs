@@ -39,6 +39,9 @@
 //! Bounds: [`CHANNEL`] lines in flight (each at most `max_line`), a commit of at most
 //! [`BATCH_MAX`] entries or [`BATCH_BYTES`], [`STDERR_KEEP`] bytes of journalctl's error output,
 //! titles of [`TITLE_MAX`] characters.
+//!
+//! [`Ingest::commit`]: crate::queue::Ingest::commit
+//! [`DEAD_PREFIX`]: crate::sources::commit::DEAD_PREFIX
 
 mod child;
 mod entry;
