@@ -64,25 +64,7 @@ impl Tailer {
             && pos.fp_len > 0
             && fingerprint(&self.files[i].file, pos.fp_len).map_err(io_err(&path))? != Some(pos.fp);
         if shrank || replaced {
-            // Its unread end may be in a copy (copytruncate): follow that from here, atomically
-            // with starting this one again at 0.
-            let listing = self.list()?;
-            let copy = self.find_copy(&listing, &pos, Some(self.files[i].id));
-            match &copy {
-                Some(c) => {
-                    tracing::info!(path = %path.display(), copy = %c.path.display(), line = pos.line, "A followed file was truncated; its copy is read from where reading stood, then the file again from its start.")
-                }
-                None => {
-                    tracing::warn!(path = %path.display(), line = pos.line, "A followed file shrank or its first bytes changed (truncated or replaced); it is read again from its start.")
-                }
-            }
-            let mut c = self.empty_chunk(i, Pos::default());
-            self.files[i].long = None;
-            if let Some(copy) = copy {
-                c.meta.push(self.saved_entry(copy.id, &copy.path, copy.pos));
-                c.adopt = Some(copy);
-            }
-            return Ok(Some(c));
+            return self.read_again(i).map(Some);
         }
         let retired_long_enough = self.files[i].retired.is_some_and(|r| Instant::now() >= r);
         if size == pos.offset {
@@ -128,6 +110,29 @@ impl Tailer {
         c.pos = self.with_fingerprint(i, c.pos)?;
         c.meta = vec![self.saved_entry(self.files[i].id, &path, c.pos)];
         Ok(Some(c))
+    }
+
+    /// File `i` was truncated or replaced: it is read again from 0. Its unread end may be in a
+    /// copy (copytruncate): that is followed from the old position, atomically with the reset.
+    fn read_again(&mut self, i: usize) -> Result<Chunk, TailError> {
+        let (path, pos) = (self.files[i].path.clone(), self.files[i].pos);
+        let listing = self.list()?;
+        let copy = self.find_copy(&listing, &pos, Some(self.files[i].id));
+        match &copy {
+            Some(c) => {
+                tracing::info!(path = %path.display(), copy = %c.path.display(), line = pos.line, "A followed file was truncated; its copy is read from where reading stood, then the file again from its start.")
+            }
+            None => {
+                tracing::warn!(path = %path.display(), line = pos.line, "A followed file shrank or its first bytes changed (truncated or replaced); it is read again from its start.")
+            }
+        }
+        let mut c = self.empty_chunk(i, Pos::default());
+        self.files[i].long = None;
+        if let Some(copy) = copy {
+            c.meta.push(self.saved_entry(copy.id, &copy.path, copy.pos));
+            c.adopt = Some(copy);
+        }
+        Ok(c)
     }
 
     /// Turns the complete lines in `buf[..end]` (at most `max_lines` of them) into alerts and
