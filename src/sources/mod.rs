@@ -6,7 +6,8 @@
 //!   role: `track` (which file is which, rotation), `lines` (line framing), `format` (a line as
 //!   an alert), `run` (the task and its commits).
 //! - [`spool`]: `[[source]] type = "spool"`, one alert per file dropped in a folder; also where
-//!   `send` leaves an alert when the daemon does not answer.
+//!   `send` leaves an alert when the daemon does not answer. `folder` (the shared folders,
+//!   `write_spool`), `read` (listing and reading), `run` (the task).
 //! - [`journal`]: `[[source]] type = "journal"`, systemd journal entries read through a
 //!   `journalctl` child; the cursor is committed in the same atomic write as the alerts.
 //!   `child` (journalctl and its output), `entry` (an entry as an alert), `run` (the task).
