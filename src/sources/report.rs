@@ -26,7 +26,7 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
 }
 
-/// The sources' half of the status, keyed by "<kind> <path>", updated by each source.
+/// The sources' half of the status, keyed by `"<kind> <path>"`, updated by each source.
 pub type SourceBoard = Arc<Mutex<BTreeMap<String, SourceStatus>>>;
 
 /// Returns a function through which one source updates its entry on the board (created on
