@@ -376,6 +376,10 @@ impl<R: Read> LineReader<R> {
                 Some((len, scan)) => {
                     scan.feed(part);
                     *len += part.len() as u64;
+                    // The head keeps filling to DEAD_PREFIX whatever pieces the pipe gives
+                    // (max_line may be below it).
+                    let room = DEAD_PREFIX.saturating_sub(line.len()).min(part.len());
+                    line.extend_from_slice(&part[..room]);
                 }
             }
             self.inner.consume(used);

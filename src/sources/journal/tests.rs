@@ -100,6 +100,27 @@ fn a_line_longer_than_max_line_is_skipped_with_its_head_and_cursor() {
     assert!(r.next().unwrap().is_none());
 }
 
+/// A pipe hands the line over in pieces smaller than max_line: the head still fills to
+/// DEAD_PREFIX (it stopped at the piece that crossed max_line, seen under load).
+#[test]
+fn a_long_line_read_in_small_pieces_keeps_its_whole_head() {
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(100);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let long = format!("{{\"MESSAGE\":\"{}\"}}\n", "x".repeat(20_000));
+    let mut r = LineReader::new(Trickle(long.as_bytes()), 1024);
+    match r.next().unwrap() {
+        Some(Msg::TooLong { head, .. }) => assert_eq!(head.len(), DEAD_PREFIX),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn an_entry_becomes_a_formatted_webhook_alert() {
     let f = fields(&[
