@@ -872,8 +872,10 @@ impl Store {
         })
     }
 
-    /// Records, durably, something that never reached the queue and never will as it is (a
-    /// tailed line too long or not JSON, for example). `dl.id` comes from [`Store::reserve_seq`].
+    /// Records something that never reached the queue and never will as it is (a tailed line
+    /// too long or not JSON, for example). `dl.id` comes from [`Store::reserve_seq`]. Not
+    /// synced: the writer (`Ingest::bury`) writes it in its commit group, before the group's
+    /// one fsync.
     pub fn put_dead(&self, dls: &[DeadLetter]) -> Result<(), StoreError> {
         self.watch(|| {
             if dls.is_empty() {
@@ -890,8 +892,7 @@ impl Store {
             b.insert(DEAD_COUNT_KEY, &now.to_be_bytes());
             self.dead.apply_batch(b)?;
             *total = now;
-            drop(total);
-            self.sync()
+            Ok(())
         })
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Received;
 use super::envelope::Envelope;
-use super::store::Store;
+use super::store::{DeadLetter, Store};
 use crate::clock::{Clock, Millis};
 
 /// One alert on its way into the queue.
@@ -51,6 +51,8 @@ struct WriteReq {
     meta: Vec<(Vec<u8>, Vec<u8>)>,
     /// Dead letters these alerts replace (an operator's retry), removed in the same transaction.
     undead: Vec<u64>,
+    /// Dead letters of a source (refused lines, entries), written in the same group.
+    dead: Vec<DeadLetter>,
     reply: Reply,
 }
 
@@ -59,7 +61,10 @@ type Reply = oneshot::Sender<Result<Vec<u64>, IngestError>>;
 
 impl WriteReq {
     fn is_ping(&self) -> bool {
-        self.alerts.is_empty() && self.meta.is_empty() && self.undead.is_empty()
+        self.alerts.is_empty()
+            && self.meta.is_empty()
+            && self.undead.is_empty()
+            && self.dead.is_empty()
     }
 }
 
@@ -176,6 +181,7 @@ impl Ingest {
             alerts,
             meta,
             undead: Vec::new(),
+            dead: Vec::new(),
             reply,
         };
         if wait {
@@ -215,6 +221,7 @@ impl Ingest {
             alerts,
             meta: Vec::new(),
             undead,
+            dead: Vec::new(),
             reply,
         };
         self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
@@ -231,6 +238,23 @@ impl Ingest {
             alerts: Vec::new(),
             meta: Vec::new(),
             undead: Vec::new(),
+            dead: Vec::new(),
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
+        rx.await.map_err(|_| IngestError::Closed)?.map(|_| ())
+    }
+
+    /// Records a source's dead letters (lines or entries it cannot forward) through the
+    /// writer, so the queue has one path to disk and one fsync per group; answers once they
+    /// are durable. Waits for room in the writer's channel (the source can read later).
+    pub async fn bury(&self, dead: Vec<DeadLetter>) -> Result<(), IngestError> {
+        let (reply, rx) = oneshot::channel();
+        let req = WriteReq {
+            alerts: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            dead,
             reply,
         };
         self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
@@ -377,6 +401,7 @@ struct Batch {
     rows: Vec<(String, u64, Vec<u8>)>,
     meta: Vec<(Vec<u8>, Vec<u8>)>,
     undead: Vec<u64>,
+    dead: Vec<DeadLetter>,
     accepted: Vec<(Reply, Vec<u64>)>,
 }
 
@@ -388,6 +413,7 @@ impl Batch {
             rows: Vec::new(),
             meta: Vec::new(),
             undead: Vec::new(),
+            dead: Vec::new(),
             accepted: Vec::new(),
         };
         for req in group.drain(..) {
@@ -406,7 +432,7 @@ impl Batch {
                 })
                 .collect();
             let size: u64 = envs.iter().map(|e| e.len() as u64).sum();
-            // A request with alerts must fit whole; one with only metadata always fits.
+            // A request with alerts must fit whole; one with only metadata or dead letters always fits.
             if !envs.is_empty() && used + size > max_bytes {
                 let full = IngestError::QueueFull {
                     used,
@@ -423,6 +449,7 @@ impl Batch {
             }
             b.meta.extend(req.meta);
             b.undead.extend(req.undead);
+            b.dead.extend(req.dead);
             b.accepted.push((req.reply, ids));
         }
         b
@@ -430,11 +457,14 @@ impl Batch {
 
     /// One atomic write and one fsync; every accepted request is answered after it.
     fn commit(self, store: &Store) -> Result<(), IngestError> {
-        let written = if self.undead.is_empty() {
-            store.append(&self.rows, &self.meta)
-        } else {
-            store.append_requeue(&self.rows, &self.meta, &self.undead)
-        };
+        let buried = store.put_dead(&self.dead);
+        let written = buried.and_then(|()| {
+            if self.undead.is_empty() {
+                store.append(&self.rows, &self.meta)
+            } else {
+                store.append_requeue(&self.rows, &self.meta, &self.undead)
+            }
+        });
         let proof = match written.and_then(|()| store.sync()) {
             Ok(()) => {
                 for (reply, ids) in self.accepted {
@@ -501,6 +531,7 @@ mod tests {
                 alerts,
                 meta,
                 undead,
+                dead: Vec::new(),
                 reply,
             },
             rx,
@@ -590,6 +621,51 @@ mod tests {
         assert_eq!(pinged.blocking_recv().unwrap().unwrap(), Vec::<u64>::new());
         assert!(store.space().low());
         assert_eq!(store.depth("a").alerts, 0);
+    }
+
+    /// A source's dead letters go through the writer, in the same group and fsync as the
+    /// alerts beside them (before, each source wrote and synced them on its own).
+    #[test]
+    fn dead_letters_are_written_in_the_group_with_the_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let store = Arc::new(store);
+        let (tx, rx) = mpsc::channel(8);
+        let alert = Alert {
+            integration: "a".into(),
+            payload: b"{}".to_vec(),
+            key_hash: 1,
+        };
+        let (post, posted) = req(vec![alert], Vec::new(), Vec::new());
+        let (reply, buried) = oneshot::channel();
+        let dead = DeadLetter {
+            id: store.reserve_seq(1),
+            integration: "a".into(),
+            received_at: 1_000,
+            failed_at: 1_000,
+            attempts: 0,
+            status: 0,
+            reason: "the line is not valid JSON".into(),
+            response: String::new(),
+            payload: "not json".into(),
+        };
+        let bury = WriteReq {
+            alerts: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            dead: vec![dead],
+            reply,
+        };
+        tx.try_send(post).unwrap();
+        tx.try_send(bury).unwrap();
+        drop(tx);
+        writer_loop(rx, store.clone(), cfg(), Clock::starting_at(1_000));
+        assert_eq!(posted.blocking_recv().unwrap().unwrap().len(), 1);
+        assert_eq!(buried.blocking_recv().unwrap().unwrap(), Vec::<u64>::new());
+        drop(store);
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        assert_eq!((store.dead_count(), store.depth("a").alerts), (1, 1));
     }
 
     /// Issue 10, defect 3: the ping wrote nothing, so a daemon whose disk had failed kept the

@@ -175,11 +175,11 @@ impl FileTask {
         if chunk.refused.is_empty() {
             return Then::Go;
         }
-        let store = self.ctx.ingest.store().clone();
         let now = self.ctx.clock.now();
-        let dls = dead_letters(&store, &self.src.integration, &chunk.refused, now);
-        match tokio::task::spawn_blocking(move || store.put_dead(&dls)).await {
-            Ok(Ok(())) => {
+        let store = self.ctx.ingest.store();
+        let dls = dead_letters(store, &self.src.integration, &chunk.refused, now);
+        match self.ctx.ingest.bury(dls).await {
+            Ok(()) => {
                 tracing::error!(
                     source = %self.src.path.display(),
                     count = chunk.refused.len(),
@@ -198,7 +198,11 @@ impl FileTask {
                 chunk.refused.clear();
                 Then::Go
             }
-            Ok(Err(e)) => {
+            Err(IngestError::Closed) => {
+                tracing::error!(source = %self.src.path.display(), "The queue writer is gone; the refused lines are read again at the next start.");
+                Then::Abort
+            }
+            Err(e) => {
                 let msg = format!("cannot record refused lines: {e}");
                 tracing::error!(source = %self.src.path.display(), "{msg}. Retrying.");
                 (self.report)(&|s| s.last_error = Some(msg.clone()));
@@ -206,10 +210,6 @@ impl FileTask {
                     return Then::Stop;
                 }
                 Then::Retry
-            }
-            Err(e) => {
-                tracing::error!(source = %self.src.path.display(), "The dead-letter task failed: {e}");
-                Then::Abort
             }
         }
     }

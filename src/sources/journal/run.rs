@@ -372,9 +372,8 @@ impl JournalTask {
         let store = self.ctx.ingest.store();
         loop {
             let dls = dead_letters(store, &self.src.integration, &refused, self.ctx.clock.now());
-            let st = store.clone();
-            match tokio::task::spawn_blocking(move || st.put_dead(&dls)).await {
-                Ok(Ok(())) => {
+            match self.ctx.ingest.bury(dls).await {
+                Ok(()) => {
                     tracing::error!(
                         source = name,
                         count = refused.len(),
@@ -391,17 +390,14 @@ impl JournalTask {
                     });
                     return true;
                 }
-                Ok(Err(e)) => {
+                Err(IngestError::Closed) => return false,
+                Err(e) => {
                     let msg = format!("cannot record refused journal entries: {e}");
                     tracing::error!(source = name, "{msg}. Retrying.");
                     (self.report)(&|s| s.last_error = Some(msg.clone()));
                     if sleep_or_stop(RETRY_AFTER, &mut self.ctx.stop).await {
                         return false;
                     }
-                }
-                Err(e) => {
-                    tracing::error!(source = name, "The dead-letter task failed: {e}");
-                    return false;
                 }
             }
         }
