@@ -115,6 +115,10 @@ struct Args {
     /// Set `queue.batch_max` in the agent's temp config (default: the agent's default).
     #[arg(long)]
     batch_max: Option<usize>,
+    /// Set `queue.cache_capacity` in the agent's temp config, e.g. "8MiB" (default: the
+    /// agent's default).
+    #[arg(long)]
+    cache_capacity: Option<String>,
     /// Drive an agent that is already running at this loopback TCP address instead of
     /// starting one (with --connect-unix and --integration; --pid for its RSS).
     #[arg(long)]
@@ -605,7 +609,12 @@ fn agent_config(dir: &Path, tcp: SocketAddr, unix: &Path, args: &Args) -> anyhow
     let batch = args
         .batch_max
         .map(|b| format!("batch_max = {b}\n"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + &args
+            .cache_capacity
+            .as_ref()
+            .map(|c| format!("cache_capacity = \"{c}\"\n"))
+            .unwrap_or_default();
     Ok(format!(
         r#"state_dir = "{state}"
 [listen]

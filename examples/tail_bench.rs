@@ -121,11 +121,13 @@ async fn tail(lines: usize) {
     let t = Instant::now();
     let task = tokio::spawn(oncall_agent::sources::tail_file(
         src,
-        ingest,
-        1 << 20,
-        stop_rx,
-        Arc::default(),
-        oncall_agent::clock::Clock::system(),
+        oncall_agent::sources::SourceContext {
+            ingest,
+            max_body: 1 << 20,
+            stop: stop_rx,
+            board: Arc::default(),
+            clock: oncall_agent::clock::Clock::system(),
+        },
     ));
     while store.depth("a").alerts < lines as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;

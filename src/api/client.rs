@@ -170,6 +170,12 @@ fn describe_reqwest(e: reqwest::Error) -> String {
     crate::redact::reqwest_error(e)
 }
 
+/// The outcome of one try of an API call.
+enum Step {
+    Done(Result<Vec<u8>, ApiError>),
+    Retry(Duration, ApiError),
+}
+
 /// What an API answer means, decided here and only here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -573,73 +579,14 @@ impl ApiClient {
 
     /// One GET with budget, retries and waits; the body of a 2xx answer.
     async fn get(&self, url: &reqwest::Url, what: &str) -> Result<Vec<u8>, ApiError> {
-        let api = self.base.to_string();
         let deadline = tokio::time::Instant::now() + self.policy.max_wait;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let slot = self.spend(deadline).await?;
-            let sent = self.transport.get(ApiRequest {
-                url: url.clone(),
-                token: self.token.clone(),
-                grafana_url: self.grafana_url.clone(),
-            });
-            let answer = sent.await;
-            if answer.is_ok() {
-                // Counted by now; an unanswered request keeps counting until its timeout.
-                let now = self.clock.now();
-                self.budget
-                    .lock()
-                    .expect("budget lock")
-                    .answered(slot, now)?;
-            }
-            let (after, give_up) = match answer.map(Answer::classify) {
-                Ok(Answer::Ok(body)) => return Ok(body),
-                Ok(Answer::Refused { status, detail }) => {
-                    return Err(ApiError::Refused {
-                        api,
-                        credential: self.credential.clone(),
-                        status,
-                        detail: self.scrub(&detail),
-                    });
-                }
-                Ok(Answer::NotFound) => {
-                    return Err(ApiError::NotFound {
-                        api,
-                        what: what.to_string(),
-                    });
-                }
-                Ok(Answer::Other { status, detail }) => {
-                    return Err(ApiError::Status {
-                        api,
-                        status,
-                        detail: self.scrub(&detail),
-                    });
-                }
-                Err(TransportError::TooLarge) => {
-                    return Err(self.protocol_text(&TransportError::TooLarge.to_string()));
-                }
-                Ok(Answer::RateLimited { after }) => (
-                    after.unwrap_or(self.policy.default_retry_after),
-                    ApiError::RateLimited {
-                        api: api.clone(),
-                        retry_after: after,
-                    },
-                ),
-                Ok(Answer::Transient { status, after }) => (
-                    after.unwrap_or_else(|| self.backoff(attempt)),
-                    ApiError::Unavailable {
-                        api: api.clone(),
-                        reason: format!("it answered {status}"),
-                    },
-                ),
-                Err(e) => (
-                    self.backoff(attempt),
-                    ApiError::Unavailable {
-                        api: api.clone(),
-                        reason: e.to_string(),
-                    },
-                ),
+            let answer = self.send_once(url, deadline).await?;
+            let (after, give_up) = match self.judge(answer, what, attempt) {
+                Step::Done(result) => return result,
+                Step::Retry(after, why) => (after, why),
             };
             // Checked: `after` may be a Retry-After of u64::MAX seconds, and `Instant + Duration`
             // panics on overflow (an abort, in the release build).
@@ -655,6 +602,75 @@ impl ApiClient {
                 "The OnCall API call for the {what} did not succeed ({give_up}); retrying."
             );
             tokio::time::sleep(after).await;
+        }
+    }
+
+    /// One GET within the budget; its slot is settled when it was answered.
+    async fn send_once(
+        &self,
+        url: &reqwest::Url,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Answer, TransportError>, ApiError> {
+        let slot = self.spend(deadline).await?;
+        let answer = self
+            .transport
+            .get(ApiRequest {
+                url: url.clone(),
+                token: self.token.clone(),
+                grafana_url: self.grafana_url.clone(),
+            })
+            .await;
+        if answer.is_ok() {
+            // Counted by now; an unanswered request keeps counting until its timeout.
+            let now = self.clock.now();
+            self.budget
+                .lock()
+                .expect("budget lock")
+                .answered(slot, now)?;
+        }
+        Ok(answer.map(Answer::classify))
+    }
+
+    /// What an answer means for the call: done (a body or a final error), or worth another
+    /// try after a wait.
+    fn judge(&self, answer: Result<Answer, TransportError>, what: &str, attempt: u32) -> Step {
+        let api = self.base.to_string();
+        let unavailable = |reason: String| ApiError::Unavailable {
+            api: api.clone(),
+            reason,
+        };
+        match answer {
+            Ok(Answer::Ok(body)) => Step::Done(Ok(body)),
+            Ok(Answer::Refused { status, detail }) => Step::Done(Err(ApiError::Refused {
+                api: api.clone(),
+                credential: self.credential.clone(),
+                status,
+                detail: self.scrub(&detail),
+            })),
+            Ok(Answer::NotFound) => Step::Done(Err(ApiError::NotFound {
+                api: api.clone(),
+                what: what.to_string(),
+            })),
+            Ok(Answer::Other { status, detail }) => Step::Done(Err(ApiError::Status {
+                api: api.clone(),
+                status,
+                detail: self.scrub(&detail),
+            })),
+            Err(TransportError::TooLarge) => Step::Done(Err(
+                self.protocol_text(&TransportError::TooLarge.to_string())
+            )),
+            Ok(Answer::RateLimited { after }) => Step::Retry(
+                after.unwrap_or(self.policy.default_retry_after),
+                ApiError::RateLimited {
+                    api: api.clone(),
+                    retry_after: after,
+                },
+            ),
+            Ok(Answer::Transient { status, after }) => Step::Retry(
+                after.unwrap_or_else(|| self.backoff(attempt)),
+                unavailable(format!("it answered {status}")),
+            ),
+            Err(e) => Step::Retry(self.backoff(attempt), unavailable(e.to_string())),
         }
     }
 

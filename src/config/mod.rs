@@ -589,6 +589,19 @@ url = "https://oncall.example.com/integrations/v1/formatted_webhook/SECRETTOKEN/
             .to_string();
         assert!(e.contains("/etc/test.toml"), "{e}");
         assert!(e.contains("bogus"), "{e}");
+        // Inside a [[source]] too, whatever its type.
+        for kind in [
+            "file\"\npath = \"/a\"\nintegration = \"db-prod",
+            "spool\"\npath = \"/s",
+            "journal\"\nintegration = \"db-prod",
+        ] {
+            let e = parse(&format!(
+                "{MIN}\n[[source]]\ntype = \"{kind}\"\nstart_from = \"end\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("start_from"), "{e}");
+        }
     }
 
     #[test]

@@ -104,33 +104,45 @@ pub(super) struct RawIntegration {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub(super) enum RawSource {
-    File {
-        path: PathBuf,
-        integration: String,
-        format: Option<RawLineFormat>,
-        start_at: Option<RawStartAt>,
-        max_line: Option<ByteSize>,
-        uid_fields: Option<Vec<usize>>,
-        poll_interval: Option<HumanDuration>,
-    },
-    Spool {
-        path: PathBuf,
-        poll_interval: Option<HumanDuration>,
-    },
-    Journal {
-        integration: String,
-        name: Option<String>,
-        units: Option<Vec<String>>,
-        identifiers: Option<Vec<String>>,
-        priority: Option<RawPriority>,
-        uid_fields: Option<Vec<String>>,
-        start_at: Option<RawStartAt>,
-        max_line: Option<ByteSize>,
-        journal_directory: Option<PathBuf>,
-        journal_file: Option<PathBuf>,
-        journalctl: Option<PathBuf>,
-        poll_interval: Option<HumanDuration>,
-    },
+    File(RawFileSource),
+    Spool(RawSpoolSource),
+    Journal(RawJournalSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileSource {
+    pub(super) path: PathBuf,
+    pub(super) integration: String,
+    pub(super) format: Option<RawLineFormat>,
+    pub(super) start_at: Option<RawStartAt>,
+    pub(super) max_line: Option<ByteSize>,
+    pub(super) uid_fields: Option<Vec<usize>>,
+    pub(super) poll_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpoolSource {
+    pub(super) path: PathBuf,
+    pub(super) poll_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJournalSource {
+    pub(super) integration: String,
+    pub(super) name: Option<String>,
+    pub(super) units: Option<Vec<String>>,
+    pub(super) identifiers: Option<Vec<String>>,
+    pub(super) priority: Option<RawPriority>,
+    pub(super) uid_fields: Option<Vec<String>>,
+    pub(super) start_at: Option<RawStartAt>,
+    pub(super) max_line: Option<ByteSize>,
+    pub(super) journal_directory: Option<PathBuf>,
+    pub(super) journal_file: Option<PathBuf>,
+    pub(super) journalctl: Option<PathBuf>,
+    pub(super) poll_interval: Option<HumanDuration>,
 }
 
 /// A syslog priority: its number (0-7) or its name ("err").

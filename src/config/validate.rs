@@ -69,79 +69,18 @@ impl Validator<'_> {
         let listen = self.listen(raw.listen)?;
         let api = raw.api.map(|a| self.api(a)).transpose()?;
         let fleet = raw.fleet.map(|f| self.fleet(f)).transpose()?;
-
         let mut seen = HashSet::new();
         let mut integrations = Vec::new();
         let mut unresolved = Vec::new();
         for (i, ri) in raw.integrations.into_iter().enumerate() {
             let field = |f: &str| format!("integration[{i}].{f}");
-            if !valid_name(&ri.name) {
-                return Err(self.err(
-                    field("name"),
-                    format!(
-                        "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                        ri.name
-                    ),
-                ));
-            }
             if !seen.insert(ri.name.clone()) {
                 return Err(self.err(field("name"), format!("{:?} is used twice", ri.name)));
             }
-            let heartbeat = ri.heartbeat.map(|h| h.0);
-            if let Some(h) = heartbeat
-                && !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&h)
-            {
-                return Err(self.err(
-                    field("heartbeat"),
-                    "must be between 10s and 24h (OnCall's heartbeat timeout is 60s to 24h; hit it well within)",
-                ));
+            match self.integration(i, ri, limits.integration, api.is_some())? {
+                Ok(found) => integrations.push(found),
+                Err(later) => unresolved.push(later),
             }
-            if let Some(by) = self.api_ref(&field, ri.id, ri.api_name)? {
-                if ri.url.is_some() || ri.url_file.is_some() {
-                    return Err(self.err(
-                        field("url"),
-                        format!("set either url/url_file or {by}, not both"),
-                    ));
-                }
-                if api.is_none() {
-                    return Err(self.err(
-                        field(if matches!(by, ApiRef::Id(_)) { "id" } else { "api_name" }),
-                        "needs an [api] section: the inbound URL is looked up through the OnCall API",
-                    ));
-                }
-                unresolved.push(UnresolvedIntegration {
-                    position: i,
-                    name: ri.name,
-                    by,
-                    rate: ri.rate_limit.unwrap_or(limits.integration),
-                    heartbeat,
-                });
-                continue;
-            }
-            let url_text = match (ri.url, ri.url_file) {
-                (Some(u), None) => u,
-                (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
-                (Some(_), Some(_)) => {
-                    return Err(self.err(field("url"), "set either url or url_file, not both"));
-                }
-                (None, None) => {
-                    return Err(self.err(field("url"), "missing (or set url_file, id or api_name)"));
-                }
-            };
-            // The parse error of `url` never quotes the input: it holds a token.
-            let url = reqwest::Url::parse(&url_text)
-                .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
-            if url.scheme() != "https" && url.scheme() != "http" {
-                return Err(self.err(field("url"), "must be an http:// or https:// URL"));
-            }
-            let kind = integration_kind(&url);
-            integrations.push(Integration {
-                name: ri.name,
-                url: Secret::new(url),
-                kind,
-                rate: ri.rate_limit.unwrap_or(limits.integration),
-                heartbeat,
-            });
         }
         if let Some(name) = &raw.self_alert_integration
             && !seen.contains(name)
@@ -154,45 +93,127 @@ impl Validator<'_> {
         if listen.unix.is_none() && listen.tcp.is_none() {
             return Err(self.err("listen", "set at least one of listen.unix and listen.tcp"));
         }
-        let sources = self.sources(raw.sources, &seen, &queue)?;
-        let state_dir = self.relative(&raw.state_dir);
-        let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-            return Err(self.err(
-                "log.level",
-                format!("{log_level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
-            ));
-        }
-        let shutdown_timeout = raw
-            .shutdown_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(10));
-        if shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
-            return Err(self.err(
-                "shutdown_timeout",
-                format!(
-                    "{} is longer than the systemd unit can wait: its TimeoutStopSec=45s must also hold the final sync and exit, so at most {}",
-                    humantime::format_duration(shutdown_timeout),
-                    humantime::format_duration(MAX_SHUTDOWN_TIMEOUT)
-                ),
-            ));
-        }
         Ok(Config {
             path: self.path.to_owned(),
-            state_dir,
+            sources: self.sources(raw.sources, &seen, &queue)?,
+            state_dir: self.relative(&raw.state_dir),
+            log_level: self.log_level(raw.log.level)?,
+            shutdown_timeout: self.shutdown_timeout(raw.shutdown_timeout)?,
             listen,
             limits,
             delivery,
             queue,
-            log_level,
-            shutdown_timeout,
             self_alert_integration: raw.self_alert_integration,
             integrations,
             api,
             unresolved,
-            sources,
             fleet,
         })
+    }
+
+    /// `[[integration]]` number `i`: with its URL (`Ok`), or to be looked up through the API
+    /// by id or name (`Err`).
+    fn integration(
+        &self,
+        i: usize,
+        ri: RawIntegration,
+        default_rate: Rate,
+        has_api: bool,
+    ) -> Result<Result<Integration, UnresolvedIntegration>, ConfigError> {
+        let field = |f: &str| format!("integration[{i}].{f}");
+        if !valid_name(&ri.name) {
+            return Err(self.err(
+                field("name"),
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                    ri.name
+                ),
+            ));
+        }
+        let heartbeat = ri.heartbeat.map(|h| h.0);
+        if let Some(h) = heartbeat
+            && !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&h)
+        {
+            return Err(self.err(
+                field("heartbeat"),
+                "must be between 10s and 24h (OnCall's heartbeat timeout is 60s to 24h; hit it well within)",
+            ));
+        }
+        let rate = ri.rate_limit.unwrap_or(default_rate);
+        if let Some(by) = self.api_ref(&field, ri.id, ri.api_name)? {
+            if ri.url.is_some() || ri.url_file.is_some() {
+                return Err(self.err(
+                    field("url"),
+                    format!("set either url/url_file or {by}, not both"),
+                ));
+            }
+            if !has_api {
+                return Err(self.err(
+                    field(if matches!(by, ApiRef::Id(_)) {
+                        "id"
+                    } else {
+                        "api_name"
+                    }),
+                    "needs an [api] section: the inbound URL is looked up through the OnCall API",
+                ));
+            }
+            return Ok(Err(UnresolvedIntegration {
+                position: i,
+                name: ri.name,
+                by,
+                rate,
+                heartbeat,
+            }));
+        }
+        let url_text = match (ri.url, ri.url_file) {
+            (Some(u), None) => u,
+            (None, Some(f)) => self.read_secret(&field("url_file"), &f)?,
+            (Some(_), Some(_)) => {
+                return Err(self.err(field("url"), "set either url or url_file, not both"));
+            }
+            (None, None) => {
+                return Err(self.err(field("url"), "missing (or set url_file, id or api_name)"));
+            }
+        };
+        // The parse error of `url` never quotes the input: it holds a token.
+        let url = reqwest::Url::parse(&url_text)
+            .map_err(|e| self.err(field("url"), format!("not a valid URL ({e})")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.err(field("url"), "must be an http:// or https:// URL"));
+        }
+        Ok(Ok(Integration {
+            name: ri.name,
+            kind: integration_kind(&url),
+            url: Secret::new(url),
+            rate,
+            heartbeat,
+        }))
+    }
+
+    fn log_level(&self, level: Option<String>) -> Result<String, ConfigError> {
+        let level = level.unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            return Err(self.err(
+                "log.level",
+                format!("{level:?} is not a level or filter such as \"info\" or \"oncall_agent=debug\" ({e})"),
+            ));
+        }
+        Ok(level)
+    }
+
+    fn shutdown_timeout(&self, t: Option<HumanDuration>) -> Result<Duration, ConfigError> {
+        let t = t.map_or(Duration::from_secs(10), |d| d.0);
+        if t > MAX_SHUTDOWN_TIMEOUT {
+            return Err(self.err(
+                "shutdown_timeout",
+                format!(
+                    "{} is longer than the systemd unit can wait: its TimeoutStopSec=45s must also hold the final sync and exit, so at most {}",
+                    humantime::format_duration(t),
+                    humantime::format_duration(MAX_SHUTDOWN_TIMEOUT)
+                ),
+            ));
+        }
+        Ok(t)
     }
 
     /// `[fleet]`: checked in `config::fleet`, its errors placed in this file.
@@ -291,210 +312,20 @@ impl Validator<'_> {
         queue: &QueueConfig,
     ) -> Result<Vec<Source>, ConfigError> {
         let mut out = Vec::new();
-        let mut paths = HashSet::new();
         for (i, rs) in raw.into_iter().enumerate() {
-            let field = |f: &str| format!("source[{i}].{f}");
-            let poll = |p: Option<HumanDuration>| -> Result<Duration, ConfigError> {
-                let d = p.map_or(DEFAULT_SOURCE_POLL, |d| d.0);
-                if d < Duration::from_millis(10) {
-                    return Err(self.err(field("poll_interval"), "must be at least 10ms"));
-                }
-                Ok(d)
+            let at = SourceAt {
+                v: self,
+                i,
+                integrations,
+                queue,
             };
-            match rs {
-                RawSource::File {
-                    path,
-                    integration,
-                    format,
-                    start_at,
-                    max_line,
-                    uid_fields,
-                    poll_interval,
-                } => {
-                    let path = self.relative(&path);
-                    let (dir, name_pattern) = split_file_pattern(&path)
-                        .map_err(|problem| self.err(field("path"), problem))?;
-                    if !paths.insert(path.clone()) {
-                        return Err(
-                            self.err(field("path"), format!("{} is tailed twice", path.display()))
-                        );
-                    }
-                    if !integrations.contains(&integration) {
-                        return Err(self.err(
-                            field("integration"),
-                            format!("{integration:?} is not a configured integration"),
-                        ));
-                    }
-                    let format = match (format.unwrap_or(RawLineFormat::Json), uid_fields) {
-                        (RawLineFormat::Json, None) => LineFormat::Json,
-                        (RawLineFormat::Json, Some(_)) => {
-                            return Err(
-                                self.err(field("uid_fields"), "only applies to format = \"text\"")
-                            );
-                        }
-                        (RawLineFormat::Text, f) => {
-                            let uid_fields = f.unwrap_or_default();
-                            if uid_fields.len() > 16 || uid_fields.contains(&0) {
-                                return Err(self.err(
-                                    field("uid_fields"),
-                                    "at most 16 field numbers, each 1 or more (1 = first field)",
-                                ));
-                            }
-                            LineFormat::Text { uid_fields }
-                        }
-                    };
-                    let max_line = max_line.map_or(DEFAULT_MAX_LINE as u64, |b| b.0);
-                    if max_line == 0 || max_line > queue.max_body as u64 {
-                        return Err(self.err(
-                            field("max_line"),
-                            format!(
-                                "must be between 1 and queue.max_body ({} bytes)",
-                                queue.max_body
-                            ),
-                        ));
-                    }
-                    out.push(Source::File(FileSource {
-                        path,
-                        dir,
-                        name_pattern,
-                        integration,
-                        format,
-                        start_at: match start_at {
-                            Some(RawStartAt::End) => StartAt::End,
-                            _ => StartAt::Beginning,
-                        },
-                        max_line: max_line as usize,
-                        poll_interval: poll(poll_interval)?,
-                    }));
-                }
-                RawSource::Spool {
-                    path,
-                    poll_interval,
-                } => {
-                    if out.iter().any(|s| matches!(s, Source::Spool(_))) {
-                        return Err(self.err(
-                            field("type"),
-                            "only one spool source may be configured (send writes to it)",
-                        ));
-                    }
-                    out.push(Source::Spool(SpoolSource {
-                        path: self.relative(&path),
-                        poll_interval: poll(poll_interval)?,
-                    }));
-                }
-                RawSource::Journal {
-                    integration,
-                    name,
-                    units,
-                    identifiers,
-                    priority,
-                    uid_fields,
-                    start_at,
-                    max_line,
-                    journal_directory,
-                    journal_file,
-                    journalctl,
-                    poll_interval,
-                } => {
-                    if !integrations.contains(&integration) {
-                        return Err(self.err(
-                            field("integration"),
-                            format!("{integration:?} is not a configured integration"),
-                        ));
-                    }
-                    let name = name.unwrap_or_else(|| integration.clone());
-                    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-                        return Err(self.err(
-                            field("name"),
-                            "must be 1 to 100 characters, none of them a control character",
-                        ));
-                    }
-                    let taken = out
-                        .iter()
-                        .any(|s| matches!(s, Source::Journal(j) if j.name == name));
-                    if taken {
-                        return Err(self.err(
-                            field("name"),
-                            format!(
-                                "{name:?} names another journal source too (it keys the saved cursor): give each journal source its own name"
-                            ),
-                        ));
-                    }
-                    let units = units
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|u| {
-                            journal_value(&u)
-                                .map(|()| {
-                                    if u.contains('.') {
-                                        u.clone()
-                                    } else {
-                                        format!("{u}.service")
-                                    }
-                                })
-                                .map_err(|p| self.err(field("units"), format!("{u:?}: {p}")))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let identifiers = identifiers.unwrap_or_default();
-                    for t in &identifiers {
-                        journal_value(t)
-                            .map_err(|p| self.err(field("identifiers"), format!("{t:?}: {p}")))?;
-                    }
-                    let priority = match priority {
-                        None => 3,
-                        Some(RawPriority::Number(n)) if (0..=7).contains(&n) => n as u8,
-                        Some(RawPriority::Name(n)) if PRIORITY_NAMES.contains(&n.as_str()) => {
-                            PRIORITY_NAMES.iter().position(|p| *p == n).unwrap_or(3) as u8
-                        }
-                        Some(_) => {
-                            return Err(self.err(
-                                field("priority"),
-                                "must be 0 to 7 or one of emerg, alert, crit, err, warning, notice, info, debug",
-                            ));
-                        }
-                    };
-                    let uid_fields = uid_fields.unwrap_or_default();
-                    if uid_fields.len() > 16 || uid_fields.iter().any(|f| !journal_field_name(f)) {
-                        return Err(self.err(
-                            field("uid_fields"),
-                            "at most 16 journal field names, each of upper-case letters, digits and _ (such as \"MESSAGE\" or \"_EXE\")",
-                        ));
-                    }
-                    let max_line = max_line.map_or(DEFAULT_MAX_LINE as u64, |b| b.0);
-                    if max_line < 1024 || max_line > queue.max_body as u64 {
-                        return Err(self.err(
-                            field("max_line"),
-                            format!(
-                                "must be between 1 KiB and queue.max_body ({} bytes)",
-                                queue.max_body
-                            ),
-                        ));
-                    }
-                    if journal_directory.is_some() && journal_file.is_some() {
-                        return Err(self.err(
-                            field("journal_file"),
-                            "give journal_directory or journal_file, not both",
-                        ));
-                    }
-                    out.push(Source::Journal(JournalSource {
-                        name,
-                        integration,
-                        units,
-                        identifiers,
-                        priority,
-                        uid_fields,
-                        start_at: match start_at {
-                            Some(RawStartAt::Beginning) => StartAt::Beginning,
-                            _ => StartAt::End,
-                        },
-                        max_line: max_line as usize,
-                        journal_directory: journal_directory.map(|p| self.relative(&p)),
-                        journal_file: journal_file.map(|p| self.relative(&p)),
-                        journalctl: journalctl.unwrap_or_else(|| PathBuf::from("journalctl")),
-                        poll_interval: poll_interval.map(|_| poll(poll_interval)).transpose()?,
-                    }));
-                }
-            }
+            let source = match rs {
+                RawSource::File(f) => Source::File(at.file(f)?),
+                RawSource::Spool(s) => Source::Spool(at.spool(s)?),
+                RawSource::Journal(j) => Source::Journal(at.journal(j)?),
+            };
+            at.unique(&source, &out)?;
+            out.push(source);
         }
         Ok(out)
     }
@@ -777,4 +608,194 @@ pub(super) fn integration_kind(url: &reqwest::Url) -> Option<String> {
     let segs: Vec<&str> = url.path_segments()?.collect();
     let i = segs.windows(2).position(|w| w == ["integrations", "v1"])?;
     segs.get(i + 2).map(|s| s.to_string())
+}
+
+/// One `[[source]]` being checked: where it is (`source[i]`) and what it may refer to.
+struct SourceAt<'a> {
+    v: &'a Validator<'a>,
+    i: usize,
+    integrations: &'a HashSet<String>,
+    queue: &'a QueueConfig,
+}
+
+impl SourceAt<'_> {
+    fn err(&self, f: &str, problem: impl Into<String>) -> ConfigError {
+        self.v.err(format!("source[{}].{f}", self.i), problem)
+    }
+
+    fn poll(&self, p: Option<HumanDuration>) -> Result<Duration, ConfigError> {
+        let d = p.map_or(DEFAULT_SOURCE_POLL, |d| d.0);
+        if d < Duration::from_millis(10) {
+            return Err(self.err("poll_interval", "must be at least 10ms"));
+        }
+        Ok(d)
+    }
+
+    fn integration(&self, name: &str) -> Result<(), ConfigError> {
+        if !self.integrations.contains(name) {
+            return Err(self.err(
+                "integration",
+                format!("{name:?} is not a configured integration"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `max_line`, at least `min` and at most `queue.max_body`.
+    fn max_line(&self, b: Option<ByteSize>, min: u64, shown: &str) -> Result<usize, ConfigError> {
+        let max_line = b.map_or(DEFAULT_MAX_LINE as u64, |b| b.0);
+        let max_body = self.queue.max_body;
+        if max_line < min || max_line > max_body as u64 {
+            let problem = format!("must be between {shown} and queue.max_body ({max_body} bytes)");
+            return Err(self.err("max_line", problem));
+        }
+        Ok(max_line as usize)
+    }
+
+    /// What must differ between sources: the tailed path, one spool, the journal names.
+    fn unique(&self, s: &Source, before: &[Source]) -> Result<(), ConfigError> {
+        for b in before {
+            match (s, b) {
+                (Source::File(a), Source::File(b)) if a.path == b.path => {
+                    let problem = format!("{} is tailed twice", a.path.display());
+                    return Err(self.err("path", problem));
+                }
+                (Source::Spool(_), Source::Spool(_)) => {
+                    return Err(self.err(
+                        "type",
+                        "only one spool source may be configured (send writes to it)",
+                    ));
+                }
+                (Source::Journal(a), Source::Journal(b)) if a.name == b.name => {
+                    return Err(self.err(
+                        "name",
+                        format!(
+                            "{:?} names another journal source too (it keys the saved cursor): give each journal source its own name",
+                            a.name
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self, r: RawFileSource) -> Result<FileSource, ConfigError> {
+        let path = self.v.relative(&r.path);
+        let (dir, name_pattern) =
+            split_file_pattern(&path).map_err(|problem| self.err("path", problem))?;
+        self.integration(&r.integration)?;
+        let format = match (r.format.unwrap_or(RawLineFormat::Json), r.uid_fields) {
+            (RawLineFormat::Json, None) => LineFormat::Json,
+            (RawLineFormat::Json, Some(_)) => {
+                return Err(self.err("uid_fields", "only applies to format = \"text\""));
+            }
+            (RawLineFormat::Text, f) => {
+                let uid_fields = f.unwrap_or_default();
+                if uid_fields.len() > 16 || uid_fields.contains(&0) {
+                    return Err(self.err(
+                        "uid_fields",
+                        "at most 16 field numbers, each 1 or more (1 = first field)",
+                    ));
+                }
+                LineFormat::Text { uid_fields }
+            }
+        };
+        Ok(FileSource {
+            path,
+            dir,
+            name_pattern,
+            integration: r.integration,
+            format,
+            start_at: match r.start_at {
+                Some(RawStartAt::End) => StartAt::End,
+                _ => StartAt::Beginning,
+            },
+            max_line: self.max_line(r.max_line, 1, "1")?,
+            poll_interval: self.poll(r.poll_interval)?,
+        })
+    }
+
+    fn spool(&self, r: RawSpoolSource) -> Result<SpoolSource, ConfigError> {
+        Ok(SpoolSource {
+            path: self.v.relative(&r.path),
+            poll_interval: self.poll(r.poll_interval)?,
+        })
+    }
+
+    fn journal(&self, r: RawJournalSource) -> Result<JournalSource, ConfigError> {
+        self.integration(&r.integration)?;
+        let name = r.name.unwrap_or_else(|| r.integration.clone());
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(self.err(
+                "name",
+                "must be 1 to 100 characters, none of them a control character",
+            ));
+        }
+        let units = r
+            .units
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| {
+                journal_value(&u)
+                    .map_err(|p| self.err("units", format!("{u:?}: {p}")))
+                    .map(|()| {
+                        if u.contains('.') {
+                            u
+                        } else {
+                            format!("{u}.service")
+                        }
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let identifiers = r.identifiers.unwrap_or_default();
+        for t in &identifiers {
+            journal_value(t).map_err(|p| self.err("identifiers", format!("{t:?}: {p}")))?;
+        }
+        let uid_fields = r.uid_fields.unwrap_or_default();
+        if uid_fields.len() > 16 || uid_fields.iter().any(|f| !journal_field_name(f)) {
+            return Err(self.err(
+                "uid_fields",
+                "at most 16 journal field names, each of upper-case letters, digits and _ (such as \"MESSAGE\" or \"_EXE\")",
+            ));
+        }
+        if r.journal_directory.is_some() && r.journal_file.is_some() {
+            return Err(self.err(
+                "journal_file",
+                "give journal_directory or journal_file, not both",
+            ));
+        }
+        Ok(JournalSource {
+            name,
+            integration: r.integration,
+            units,
+            identifiers,
+            priority: self.priority(r.priority)?,
+            uid_fields,
+            start_at: match r.start_at {
+                Some(RawStartAt::Beginning) => StartAt::Beginning,
+                _ => StartAt::End,
+            },
+            max_line: self.max_line(r.max_line, 1024, "1 KiB")?,
+            journal_directory: r.journal_directory.map(|p| self.v.relative(&p)),
+            journal_file: r.journal_file.map(|p| self.v.relative(&p)),
+            journalctl: r.journalctl.unwrap_or_else(|| PathBuf::from("journalctl")),
+            poll_interval: r.poll_interval.map(|p| self.poll(Some(p))).transpose()?,
+        })
+    }
+
+    fn priority(&self, p: Option<RawPriority>) -> Result<u8, ConfigError> {
+        match p {
+            None => Ok(3),
+            Some(RawPriority::Number(n)) if (0..=7).contains(&n) => Ok(n as u8),
+            Some(RawPriority::Name(n)) if PRIORITY_NAMES.contains(&n.as_str()) => {
+                Ok(PRIORITY_NAMES.iter().position(|p| *p == n).unwrap_or(3) as u8)
+            }
+            Some(_) => Err(self.err(
+                "priority",
+                "must be 0 to 7 or one of emerg, alert, crit, err, warning, notice, info, debug",
+            )),
+        }
+    }
 }

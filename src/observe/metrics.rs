@@ -101,19 +101,13 @@ impl Collector for ReportCollector {
 impl ReportCollector {
     /// What happened to the alerts sent.
     fn delivery(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let ints = &r.integrations;
-        let counter = |f: &dyn Fn(&IntegrationReport) -> u64| {
-            ints.iter()
-                .map(|i| (int(&i.name), ConstCounter::new(f(i))))
-                .collect::<Vec<_>>()
-        };
         family(
             enc,
             "alerts_delivered",
             "Alerts OnCall accepted (2xx)",
             None,
             MetricType::Counter,
-            counter(&|i| i.sender.delivered_total),
+            counters(per_integration(r, &|i| i.sender.delivered_total)),
         )?;
         family(
             enc,
@@ -121,7 +115,7 @@ impl ReportCollector {
             "Failed delivery attempts that will be retried (5xx, 408, timeouts, network errors)",
             None,
             MetricType::Counter,
-            counter(&|i| i.sender.retried_total),
+            counters(per_integration(r, &|i| i.sender.retried_total)),
         )?;
         family(
             enc,
@@ -129,12 +123,9 @@ impl ReportCollector {
             "Alerts OnCall refused for good, kept as dead letters",
             None,
             MetricType::Counter,
-            counter(&|i| i.sender.dead_lettered_total),
+            counters(per_integration(r, &|i| i.sender.dead_lettered_total)),
         )?;
-        let limited = scoped(r, false, &|s| Some(s.rate_limited_total))
-            .into_iter()
-            .map(|(l, n)| (l, ConstCounter::new(n)))
-            .collect();
+        let limited = counters(scoped(r, false, &|s| Some(s.rate_limited_total)));
         family(
             enc,
             "rate_limited",
@@ -149,18 +140,13 @@ impl ReportCollector {
     /// What waits.
     fn queue(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ints = &r.integrations;
-        let gauge = |f: &dyn Fn(&IntegrationReport) -> i64| {
-            ints.iter()
-                .map(|i| (int(&i.name), ConstGauge::new(f(i))))
-                .collect::<Vec<_>>()
-        };
         family(
             enc,
             "queue_alerts",
             "Alerts waiting in the queue",
             None,
             MetricType::Gauge,
-            gauge(&|i| i.depth as i64),
+            gauges(per_integration(r, &|i| i.depth as i64)),
         )?;
         family(
             enc,
@@ -168,7 +154,7 @@ impl ReportCollector {
             "Bytes the waiting alerts take in the queue",
             Some(&Unit::Bytes),
             MetricType::Gauge,
-            gauge(&|i| i.bytes as i64),
+            gauges(per_integration(r, &|i| i.bytes as i64)),
         )?;
         family(
             enc,
@@ -201,19 +187,13 @@ impl ReportCollector {
 
     /// Requests in flight, the budgets and what was learned of OnCall's windows.
     fn budgets(r: &StatusReport, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let ints = &r.integrations;
-        let gauge = |f: &dyn Fn(&IntegrationReport) -> i64| {
-            ints.iter()
-                .map(|i| (int(&i.name), ConstGauge::new(f(i))))
-                .collect::<Vec<_>>()
-        };
         family(
             enc,
             "in_flight",
             "Requests to OnCall waiting for an answer",
             None,
             MetricType::Gauge,
-            gauge(&|i| i.sender.in_flight as i64),
+            gauges(per_integration(r, &|i| i.sender.in_flight as i64)),
         )?;
         let left = gauges(scoped(r, true, &|s| Some(budget_left(s))));
         family(
@@ -259,7 +239,7 @@ impl ReportCollector {
             "1 if the integration is in the config; 0 for a removed one whose alerts are kept",
             None,
             MetricType::Gauge,
-            gauge(&|i| i64::from(i.sender.configured)),
+            gauges(per_integration(r, &|i| i64::from(i.sender.configured))),
         )?;
         Ok(())
     }
@@ -430,6 +410,20 @@ fn scoped<T>(
         });
     let org = f(&r.org).map(|x| (vec![("scope", "org".to_string())], x));
     ints.chain(org).collect()
+}
+
+/// One value per integration.
+fn per_integration<T>(r: &StatusReport, f: &dyn Fn(&IntegrationReport) -> T) -> Vec<(Labels, T)> {
+    r.integrations
+        .iter()
+        .map(|i| (int(&i.name), f(i)))
+        .collect()
+}
+
+fn counters(v: Vec<(Labels, u64)>) -> Vec<(Labels, ConstCounter)> {
+    v.into_iter()
+        .map(|(l, x)| (l, ConstCounter::new(x)))
+        .collect()
 }
 
 fn gauges(v: Vec<(Labels, i64)>) -> Vec<(Labels, ConstGauge)> {

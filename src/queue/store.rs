@@ -5,8 +5,11 @@
 //!   so one `apply_batch` is atomic across integrations and can also carry a file source's
 //!   offset (keys starting with [`META_PREFIX`], which no integration name can), and the key
 //!   the writer rewrites for the watchdog ([`Store::probe`]). Sequence numbers are global and
-//!   increase, so each integration's range is its FIFO.
-//! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused.
+//!   increase, so each integration's range is its FIFO. Keys starting with [`TALLY_PREFIX`]
+//!   hold each integration's counters ([`Tally`]), written in the same atomic batch as the
+//!   alerts they count, so that a start reads them instead of scanning the queue.
+//! - `dead`: `<seq BE>` -> [`DeadLetter`] (JSON), alerts OnCall refused; and one row,
+//!   [`DEAD_COUNT_KEY`], holding how many there are, written in the same batch as each change.
 //! - `limiter`: `<scope>\0<slot BE>` -> two u64 (sent, counted-until), see `sender::limiter`.
 //! - `api_limiter`: the same for the OnCall API's budget (its own tree, because a limiter set
 //!   drops the slots of scopes it was not given), see `api::client`.
@@ -42,6 +45,18 @@ pub type MetaEntry = (Vec<u8>, Vec<u8>);
 const PROBE_KEY: &[u8] = b"\xFFagent-probe";
 /// 8 MiB segments: values up to 2 MiB - header stay inline in the synced log (see module doc).
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// Keys in `queue` that start with this byte are counters ([`Tally`]). No integration name
+/// (UTF-8 never holds 0xFE) and no metadata key ([`META_PREFIX`]) starts with it.
+const TALLY_PREFIX: u8 = 0xFE;
+/// Present when the tallies are in step with the queue. Its value is empty on purpose: every
+/// version since a6aeea3 deletes empty metadata rows when it opens the database, so an older
+/// agent that ran on this database (and moved alerts without moving the tallies) leaves it
+/// without the marker, and the next start counts the queue again.
+const TALLY_MARKER: &[u8] = b"\xFFtally-v1";
+/// The row in `dead` that counts the dead letters (u64 BE), kept in step under the same
+/// marker. One byte long, it sorts before every id (8 bytes, from 1), so ranges of ids and
+/// `last()` never meet it, and readers that parse every value as JSON skip it.
+const DEAD_COUNT_KEY: &[u8] = &[0];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -83,6 +98,65 @@ pub struct Depth {
     pub bytes: u64,
     /// Highest sequence number ever written for this integration.
     pub last_seq: u64,
+}
+
+/// Alerts ever added to (or ever taken from) one integration's queue, persisted in `queue`
+/// under [`TALLY_PREFIX`] in the same batch as the change it counts: the queue holds
+/// `added - removed`. Two rows per integration, one written only by the paths that add alerts
+/// (the writer) and one only by those that remove them (the dispatcher), each under its own
+/// lock, so neither waits for the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    alerts: u64,
+    bytes: u64,
+    /// Highest sequence number counted (added rows only; 0 in removed rows).
+    last_seq: u64,
+}
+
+impl Tally {
+    fn encode(&self) -> [u8; 24] {
+        let mut v = [0u8; 24];
+        v[..8].copy_from_slice(&self.alerts.to_be_bytes());
+        v[8..16].copy_from_slice(&self.bytes.to_be_bytes());
+        v[16..].copy_from_slice(&self.last_seq.to_be_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Tally> {
+        let u = |i: usize| Some(u64::from_be_bytes(b.get(i..i + 8)?.try_into().ok()?));
+        Some(Tally {
+            alerts: u(0)?,
+            bytes: u(8)?,
+            last_seq: u(16)?,
+        })
+    }
+}
+
+/// Which of an integration's two tally rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Added,
+    Removed,
+}
+
+fn tally_key(side: Side, integration: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(integration.len() + 2);
+    k.push(TALLY_PREFIX);
+    k.push(match side {
+        Side::Added => b'+',
+        Side::Removed => b'-',
+    });
+    k.extend_from_slice(integration.as_bytes());
+    k
+}
+
+fn split_tally_key(k: &[u8]) -> Option<(Side, &str)> {
+    let side = match k.get(..2)? {
+        [TALLY_PREFIX, b'+'] => Side::Added,
+        [TALLY_PREFIX, b'-'] => Side::Removed,
+        _ => return None,
+    };
+    Some((side, std::str::from_utf8(&k[2..]).ok()?))
 }
 
 /// An alert OnCall refused, kept until an operator retries or purges it.
@@ -147,10 +221,17 @@ pub struct Store {
     /// Blob files already fsynced (normally none: bodies are sized to stay inline).
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
     next_seq: AtomicU64,
+    /// What the `+` tally rows say. Held from reading a row to the batch that rewrites it, so
+    /// the row on disk always counts exactly what is on disk.
+    added: Mutex<BTreeMap<String, Tally>>,
+    /// The same for the `-` rows.
+    removed: Mutex<BTreeMap<String, Tally>>,
+    /// `added - removed`, for readers that must not wait for a batch.
     depth: Mutex<BTreeMap<String, Depth>>,
     total_bytes: AtomicU64,
-    /// Dead letters kept (sled's `len` is a full scan, and status asks often).
-    dead_total: AtomicU64,
+    /// Dead letters kept (sled's `len` is a full scan, and status asks often), as
+    /// [`DEAD_COUNT_KEY`] says. Held from reading it to the batch that rewrites that row.
+    dead_total: Mutex<u64>,
     /// Woken after every commit that added alerts.
     pub committed: tokio::sync::Notify,
     /// Set once sled reported an I/O error: sled then refuses every later write until the
@@ -190,7 +271,7 @@ fn alert_key(integration: &str, seq: u64) -> Vec<u8> {
 }
 
 fn split_alert_key(k: &[u8]) -> Option<(&str, u64)> {
-    if k.first() == Some(&META_PREFIX) || k.len() < 10 {
+    if matches!(k.first(), Some(&META_PREFIX | &TALLY_PREFIX)) || k.len() < 10 {
         return None;
     }
     let (name, rest) = k.split_at(k.len() - 9);
@@ -205,6 +286,27 @@ fn prefix(integration: &str) -> Vec<u8> {
     let mut p = integration.as_bytes().to_vec();
     p.push(0);
     p
+}
+
+/// The `+` tally rows of the integrations in `alerts` once they are added: what goes into the
+/// batch that adds them.
+fn tallies_after_adding(
+    added: &BTreeMap<String, Tally>,
+    alerts: &[(String, u64, Vec<u8>)],
+) -> BTreeMap<String, Tally> {
+    let mut rows: BTreeMap<String, Tally> = BTreeMap::new();
+    for (name, seq, value) in alerts {
+        let t = match rows.get_mut(name) {
+            Some(t) => t,
+            None => rows
+                .entry(name.clone())
+                .or_insert(added.get(name).copied().unwrap_or_default()),
+        };
+        t.alerts += 1;
+        t.bytes += value.len() as u64;
+        t.last_seq = t.last_seq.max(*seq);
+    }
+    rows
 }
 
 /// The words of an I/O error. sled hands some errors back re-wrapped, as a new error whose
@@ -325,61 +427,214 @@ impl Store {
             blobs_dir: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
             next_seq: AtomicU64::new(1),
+            added: Mutex::new(BTreeMap::new()),
+            removed: Mutex::new(BTreeMap::new()),
             depth: Mutex::new(BTreeMap::new()),
             total_bytes: AtomicU64::new(0),
-            dead_total: AtomicU64::new(0),
+            dead_total: Mutex::new(0),
             committed: tokio::sync::Notify::new(),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
             dir: path.to_owned(),
             min_free_space: AtomicU64::new(0),
         };
-        store.rebuild_counters()?;
+        store.load_counters()?;
         Ok(store)
     }
 
-    /// Scans the queue once at start: depth per integration, total bytes, next sequence number.
-    /// Records that cannot be read are dead-lettered, not dropped.
-    fn rebuild_counters(&self) -> Result<(), StoreError> {
-        let mut depth: BTreeMap<String, Depth> = BTreeMap::new();
-        let mut max_seq = 0;
-        let mut total = 0;
+    /// Sets the counters at start. With the tallies in step ([`TALLY_MARKER`]) this reads a
+    /// few rows per integration, whatever the depth; otherwise (a database written by an older
+    /// version, or tallies that do not match what a quick look finds) it counts the queue once
+    /// and writes the tallies.
+    fn load_counters(&self) -> Result<(), StoreError> {
+        let mut max_seq = match self.dead.last()? {
+            Some((k, _)) => <[u8; 8]>::try_from(&k[..]).map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
+        let marked = self.queue.contains_key(TALLY_MARKER)?;
+        let dead_row = self
+            .dead
+            .get(DEAD_COUNT_KEY)?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)));
+        *self.dead_total.lock().expect("dead lock") = match dead_row {
+            Some(n) if marked => n,
+            _ => self.recount_dead()?,
+        };
+        let tallies = if marked { self.read_tallies()? } else { None };
+        let (added, removed) = match tallies {
+            Some(t) => t,
+            None => self.recount()?,
+        };
+        let mut depth = BTreeMap::new();
+        let mut total = 0u64;
+        for (name, a) in &added {
+            let r = removed.get(name).copied().unwrap_or_default();
+            let d = Depth {
+                alerts: a.alerts.saturating_sub(r.alerts),
+                bytes: a.bytes.saturating_sub(r.bytes),
+                last_seq: a.last_seq,
+            };
+            max_seq = max_seq.max(a.last_seq);
+            total += d.bytes;
+            depth.insert(name.clone(), d);
+        }
+        self.next_seq.store(max_seq + 1, Ordering::SeqCst);
+        self.total_bytes.store(total, Ordering::SeqCst);
+        *self.depth.lock().expect("depth lock") = depth;
+        *self.added.lock().expect("tally lock") = added;
+        *self.removed.lock().expect("tally lock") = removed;
+        Ok(())
+    }
+
+    /// Counts the dead letters and writes the count row. At start only.
+    fn recount_dead(&self) -> Result<u64, StoreError> {
+        let mut dead = 0u64;
+        for kv in self.dead.range(DEAD_COUNT_KEY.to_vec()..).keys() {
+            if kv?.len() == 8 {
+                dead += 1;
+            }
+        }
+        self.dead.insert(DEAD_COUNT_KEY, &dead.to_be_bytes())?;
+        Ok(dead)
+    }
+
+    /// The tally rows, if what a look at each integration's first and last key finds agrees
+    /// with them (O(integrations), not O(depth)): every integration with alerts has a tally
+    /// that says so, none holds a sequence number above its tally's, and none the tallies call
+    /// empty has any. `None` means "count again".
+    #[allow(clippy::type_complexity)]
+    fn read_tallies(
+        &self,
+    ) -> Result<Option<(BTreeMap<String, Tally>, BTreeMap<String, Tally>)>, StoreError> {
+        let mut added = BTreeMap::new();
+        let mut removed = BTreeMap::new();
+        for kv in self.queue.scan_prefix([TALLY_PREFIX]) {
+            let (k, v) = kv?;
+            let (Some((side, name)), Some(t)) = (split_tally_key(&k), Tally::decode(&v)) else {
+                tracing::warn!("A queue counter row cannot be read; the queue is counted again.");
+                return Ok(None);
+            };
+            match side {
+                Side::Added => added.insert(name.to_string(), t),
+                Side::Removed => removed.insert(name.to_string(), t),
+            };
+        }
+        let queued = |name: &str| {
+            let a = added.get(name).copied().unwrap_or_default();
+            let r = removed.get(name).copied().unwrap_or_default();
+            (a.alerts >= r.alerts && a.bytes >= r.bytes).then(|| (a.alerts - r.alerts, a.last_seq))
+        };
+        // Each integration present, by jumping from one name's range to the next.
+        let mut seen = 0;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(kv) = self.queue.range(from.as_slice()..).next() else {
+                break;
+            };
+            let (k, _) = kv?;
+            let Some((name, _)) = split_alert_key(&k) else {
+                break; // past the alerts: tallies and metadata sort after every name
+            };
+            let mut last = prefix(name);
+            last.push(0xFF);
+            let Some(kv) = self.queue.range(..last.as_slice()).next_back() else {
+                break;
+            };
+            let (lk, _) = kv?;
+            let last_seq = split_alert_key(&lk).map_or(u64::MAX, |(_, s)| s);
+            match queued(name) {
+                Some((n, tally_last)) if n > 0 && last_seq <= tally_last => {}
+                _ => {
+                    tracing::warn!(
+                        integration = name,
+                        "The queue's counters do not match its contents (was an older version run on it?); the queue is counted again."
+                    );
+                    return Ok(None);
+                }
+            }
+            seen += 1;
+            from = prefix(name);
+            from.push(0xFF);
+            from.extend_from_slice(&[0xFF; 9]);
+        }
+        let claimed = added
+            .keys()
+            .filter(|n| queued(n).is_none_or(|(q, _)| q > 0))
+            .count();
+        if claimed != seen {
+            tracing::warn!(
+                "The queue's counters name integrations it does not hold; the queue is counted again."
+            );
+            return Ok(None);
+        }
+        Ok(Some((added, removed)))
+    }
+
+    /// Counts the queue, once: depth per integration, total bytes, highest sequence number, and
+    /// writes the tallies and the marker in one batch. Records that cannot be read are
+    /// dead-lettered, not dropped. Runs at start only, before anything else uses the store.
+    #[allow(clippy::type_complexity)]
+    fn recount(&self) -> Result<(BTreeMap<String, Tally>, BTreeMap<String, Tally>), StoreError> {
+        let mut added: BTreeMap<String, Tally> = BTreeMap::new();
         let mut unreadable = Vec::new();
-        let mut empty_meta = Vec::new();
+        let mut stale = Vec::new();
+        let mut b = sled::Batch::default();
         for kv in self.queue.iter() {
             let (k, v) = kv?;
             let Some((name, seq)) = split_alert_key(&k) else {
                 // An empty metadata value means "removed"; older versions wrote such rows
                 // when a requeue shared a commit with a file source (see `append_requeue`).
-                if k.first() == Some(&META_PREFIX) && v.is_empty() {
-                    empty_meta.push(k.to_vec());
+                if k.first() == Some(&META_PREFIX) && v.is_empty() && &k[..] != TALLY_MARKER {
+                    stale.push(k.to_vec());
+                }
+                if k.first() == Some(&TALLY_PREFIX) {
+                    b.remove(&k);
                 }
                 continue;
             };
-            max_seq = max_seq.max(seq);
             // Unreadable records are counted like the others: moving each to the dead letters
             // below takes it off the count again, so the count ends right.
             if let Err(e) = Envelope::decode(&v) {
                 unreadable.push((name.to_string(), seq, e.to_string(), v.to_vec()));
             }
-            let d = depth.entry(name.to_string()).or_default();
-            d.alerts += 1;
-            d.bytes += v.len() as u64;
-            d.last_seq = d.last_seq.max(seq);
-            total += v.len() as u64;
+            let t = added.entry(name.to_string()).or_default();
+            t.alerts += 1;
+            t.bytes += v.len() as u64;
+            t.last_seq = t.last_seq.max(seq);
         }
-        let mut dead = 0;
-        for kv in self.dead.iter().keys() {
-            let k = kv?;
-            dead += 1;
-            if let Ok(b) = <[u8; 8]>::try_from(&k[..]) {
-                max_seq = max_seq.max(u64::from_be_bytes(b));
-            }
+        for k in &stale {
+            b.remove(k.as_slice());
         }
-        self.dead_total.store(dead, Ordering::SeqCst);
-        self.next_seq.store(max_seq + 1, Ordering::SeqCst);
-        *self.depth.lock().expect("depth lock") = depth;
+        for (name, t) in &added {
+            b.insert(tally_key(Side::Added, name), &t.encode()[..]);
+        }
+        b.insert(TALLY_MARKER, &[][..]);
+        self.queue.apply_batch(b)?;
+        if !stale.is_empty() {
+            tracing::info!(
+                rows = stale.len(),
+                "Removed empty metadata rows left by an older version."
+            );
+        }
+        tracing::info!(
+            alerts = added.values().map(|t| t.alerts).sum::<u64>(),
+            "Counted the queue once; later starts read its counters."
+        );
+        let total = added.values().map(|t| t.bytes).sum();
+        // move_to_dead below needs the counters in place.
+        *self.depth.lock().expect("depth lock") = added
+            .iter()
+            .map(|(n, t)| {
+                let d = Depth {
+                    alerts: t.alerts,
+                    bytes: t.bytes,
+                    last_seq: t.last_seq,
+                };
+                (n.clone(), d)
+            })
+            .collect();
         self.total_bytes.store(total, Ordering::SeqCst);
+        *self.added.lock().expect("tally lock") = added;
         for (name, seq, why, raw) in unreadable {
             self.move_to_dead(
                 &name,
@@ -388,18 +643,9 @@ impl Store {
                 raw.len() as u64,
             )?;
         }
-        if !empty_meta.is_empty() {
-            let mut b = sled::Batch::default();
-            for k in &empty_meta {
-                b.remove(k.as_slice());
-            }
-            self.queue.apply_batch(b)?;
-            tracing::info!(
-                rows = empty_meta.len(),
-                "Removed empty metadata rows left by an older version."
-            );
-        }
-        Ok(())
+        let added = self.added.lock().expect("tally lock").clone();
+        let removed = self.removed.lock().expect("tally lock").clone();
+        Ok((added, removed))
     }
 
     /// Bytes free for an unprivileged writer on the database's file system.
@@ -576,7 +822,14 @@ impl Store {
                     b.insert(k.as_slice(), v.as_slice());
                 }
             }
+            let mut added = self.added.lock().expect("tally lock");
+            let rows = tallies_after_adding(&added, alerts);
+            for (name, t) in &rows {
+                b.insert(tally_key(Side::Added, name), &t.encode()[..]);
+            }
             self.queue.apply_batch(b)?;
+            added.extend(rows);
+            drop(added);
             self.count_appended(alerts);
             Ok(())
         })
@@ -605,16 +858,24 @@ impl Store {
         self.watch(|| {
             debug_assert_eq!(prefix.first(), Some(&META_PREFIX));
             let mut out = Vec::new();
-            for kv in self.queue.scan_prefix(prefix).take(limit) {
+            // An empty value means "no row" (the tally marker is one, see `TALLY_MARKER`).
+            for kv in self.queue.scan_prefix(prefix) {
+                if out.len() >= limit {
+                    break;
+                }
                 let (k, v) = kv?;
-                out.push((k.to_vec(), v.to_vec()));
+                if !v.is_empty() {
+                    out.push((k.to_vec(), v.to_vec()));
+                }
             }
             Ok(out)
         })
     }
 
-    /// Records, durably, something that never reached the queue and never will as it is (a
-    /// tailed line too long or not JSON, for example). `dl.id` comes from [`Store::reserve_seq`].
+    /// Records something that never reached the queue and never will as it is (a tailed line
+    /// too long or not JSON, for example). `dl.id` comes from [`Store::reserve_seq`]. Not
+    /// synced: the writer (`Ingest::bury`) writes it in its commit group, before the group's
+    /// one fsync.
     pub fn put_dead(&self, dls: &[DeadLetter]) -> Result<(), StoreError> {
         self.watch(|| {
             if dls.is_empty() {
@@ -625,11 +886,13 @@ impl Store {
                 let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
                 b.insert(&dl.id.to_be_bytes(), value);
             }
-            self.dead.apply_batch(b)?;
+            let mut total = self.dead_total.lock().expect("dead lock");
             // Ids come fresh from `reserve_seq`: each is a new dead letter.
-            self.dead_total
-                .fetch_add(dls.len() as u64, Ordering::SeqCst);
-            self.sync()
+            let now = *total + dls.len() as u64;
+            b.insert(DEAD_COUNT_KEY, &now.to_be_bytes());
+            self.dead.apply_batch(b)?;
+            *total = now;
+            Ok(())
         })
     }
 
@@ -679,8 +942,15 @@ impl Store {
             for (seq, _) in seqs {
                 b.remove(alert_key(integration, *seq));
             }
-            self.queue.apply_batch(b)?;
             let freed: u64 = seqs.iter().map(|(_, bytes)| bytes).sum();
+            let mut removed = self.removed.lock().expect("tally lock");
+            let mut t = removed.get(integration).copied().unwrap_or_default();
+            t.alerts += seqs.len() as u64;
+            t.bytes += freed;
+            b.insert(tally_key(Side::Removed, integration), &t.encode()[..]);
+            self.queue.apply_batch(b)?;
+            removed.insert(integration.to_string(), t);
+            drop(removed);
             let mut depth = self.depth.lock().expect("depth lock");
             if let Some(d) = depth.get_mut(integration) {
                 d.alerts = d.alerts.saturating_sub(seqs.len() as u64);
@@ -716,18 +986,36 @@ impl Store {
             use sled::Transactional;
             let key = alert_key(integration, seq);
             let value = serde_json::to_vec(dl).expect("a DeadLetter always serializes");
+            let mut removed = self.removed.lock().expect("tally lock");
+            let mut t = removed.get(integration).copied().unwrap_or_default();
+            t.alerts += 1;
+            t.bytes += bytes;
+            let t_key = tally_key(Side::Removed, integration);
+            let mut total = self.dead_total.lock().expect("dead lock");
+            let one_more = *total + 1;
             let (was_queued, was_dead) = (&self.queue, &self.dead)
                 .transaction(|(q, d)| {
                     let queued = q.remove(key.as_slice())?.is_some();
+                    if queued {
+                        q.insert(t_key.as_slice(), &t.encode()[..])?;
+                    }
                     let dead = d.insert(&seq.to_be_bytes(), value.as_slice())?.is_some();
+                    if !dead {
+                        d.insert(DEAD_COUNT_KEY, &one_more.to_be_bytes())?;
+                    }
                     Ok::<_, sled::transaction::ConflictableTransactionError<()>>((queued, dead))
                 })
                 .map_err(from_transaction)?;
+            if was_queued {
+                removed.insert(integration.to_string(), t);
+            }
+            drop(removed);
             // The counters move only for what changed: an alert already gone from the queue
             // (moved meanwhile) must not be taken off the depth a second time.
             if !was_dead {
-                self.dead_total.fetch_add(1, Ordering::SeqCst);
+                *total = one_more;
             }
+            drop(total);
             if was_queued {
                 let mut depth = self.depth.lock().expect("depth lock");
                 if let Some(d) = depth.get_mut(integration) {
@@ -757,7 +1045,7 @@ impl Store {
     }
 
     pub fn dead_count(&self) -> usize {
-        self.dead_total.load(Ordering::SeqCst) as usize
+        *self.dead_total.lock().expect("dead lock") as usize
     }
 
     /// Dead letters with an id above `after`, oldest first, of one integration or all; at
@@ -822,16 +1110,23 @@ impl Store {
     /// a purge that comes back after a crash would surprise whoever ordered it.
     pub fn purge_dead(&self, ids: &[u64]) -> Result<u64, StoreError> {
         self.watch(|| {
+            let mut total = self.dead_total.lock().expect("dead lock");
+            // Nothing else removes dead letters while the lock is held: what is there now is
+            // what the batch removes.
+            let mut b = sled::Batch::default();
             let mut removed = 0;
+            let ids: std::collections::BTreeSet<&u64> = ids.iter().collect();
             for id in ids {
-                if self.dead.remove(id.to_be_bytes())?.is_some() {
+                if self.dead.contains_key(id.to_be_bytes())? {
+                    b.remove(&id.to_be_bytes());
                     removed += 1;
                 }
             }
-            self.dead_total.fetch_sub(
-                removed.min(self.dead_total.load(Ordering::SeqCst)),
-                Ordering::SeqCst,
-            );
+            let now = total.saturating_sub(removed);
+            b.insert(DEAD_COUNT_KEY, &now.to_be_bytes());
+            self.dead.apply_batch(b)?;
+            *total = now;
+            drop(total);
             self.sync()?;
             Ok(removed)
         })
@@ -848,10 +1143,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.watch(|| {
             use sled::Transactional;
+            let mut added = self.added.lock().expect("tally lock");
+            let rows = tallies_after_adding(&added, alerts);
+            let mut total = self.dead_total.lock().expect("dead lock");
+            let dead_before = *total;
             let removed = (&self.queue, &self.dead)
                 .transaction(|(q, d)| {
                     for (name, seq, value) in alerts {
                         q.insert(alert_key(name, *seq), value.as_slice())?;
+                    }
+                    for (name, t) in &rows {
+                        q.insert(tally_key(Side::Added, name), &t.encode()[..])?;
                     }
                     // As in `append`: an empty value removes the key (a file source forgetting
                     // a finished file), it is never stored.
@@ -868,13 +1170,17 @@ impl Store {
                             removed += 1;
                         }
                     }
+                    if removed > 0 {
+                        let now = dead_before.saturating_sub(removed);
+                        d.insert(DEAD_COUNT_KEY, &now.to_be_bytes())?;
+                    }
                     Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
                 })
                 .map_err(from_transaction)?;
-            self.dead_total.fetch_sub(
-                removed.min(self.dead_total.load(Ordering::SeqCst)),
-                Ordering::SeqCst,
-            );
+            added.extend(rows);
+            drop(added);
+            *total = dead_before.saturating_sub(removed);
+            drop(total);
             self.count_appended(alerts);
             Ok(())
         })
@@ -938,6 +1244,222 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    fn copy_db(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_db(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn env(n: usize) -> Vec<u8> {
+        Envelope {
+            received_at: 1,
+            attempts: 0,
+            next_attempt_at: 0,
+            key_hash: 7,
+            payload: vec![b'x'; n],
+        }
+        .encode()
+    }
+
+    /// Appends one alert per size to `integration`; returns their sequence numbers.
+    fn put(store: &Store, integration: &str, sizes: &[usize]) -> Vec<u64> {
+        let first = store.reserve_seq(sizes.len() as u64);
+        let rows: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (integration.to_string(), first + i as u64, env(*n)))
+            .collect();
+        store.append(&rows, &[]).unwrap();
+        rows.iter().map(|r| r.1).collect()
+    }
+
+    fn counters(store: &Store) -> (BTreeMap<String, Depth>, u64, u64, usize) {
+        (
+            store.depths(),
+            store.total_bytes(),
+            store.reserve_seq(0),
+            store.dead_count(),
+        )
+    }
+
+    /// Issue 14: a start with a million queued alerts scanned them all to rebuild the counters
+    /// (3.1 s before /healthz answered). The counters are now rows written in the same batch as
+    /// the alerts, the acks and the moves they count; a start reads them and gets the same
+    /// answer a count would.
+    #[test]
+    fn counters_written_with_each_batch_survive_a_restart_without_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let a = put(&store, "a", &[10, 20, 30, 40]);
+        let b = put(&store, "b", &[5, 6]);
+        put(&store, "c", &[7]);
+        store.ack("a", &[(a[0], env(10).len() as u64)]).unwrap();
+        store
+            .move_to_dead("a", a[1], &dead(a[1]), env(20).len() as u64)
+            .unwrap();
+        // A second move of the same alert changes nothing.
+        store
+            .move_to_dead("a", a[1], &dead(a[1]), env(20).len() as u64)
+            .unwrap();
+        store
+            .ack(
+                "b",
+                &[(b[0], env(5).len() as u64), (b[1], env(6).len() as u64)],
+            )
+            .unwrap();
+        let requeued = store.reserve_seq(1);
+        store
+            .append_requeue(&[("b".into(), requeued, env(9))], &[], &[a[1]])
+            .unwrap();
+        store.sync().unwrap();
+        let before = counters(&store);
+        assert_eq!(before.0["a"].alerts, 2);
+        assert_eq!(before.0["b"].alerts, 1);
+        assert_eq!(before.0["c"].alerts, 1);
+        drop(store);
+
+        let store = reopen(&path);
+        assert!(store.queue.contains_key(TALLY_MARKER).unwrap());
+        assert_eq!(counters(&store), before);
+        // What a full count finds: the same.
+        store.queue.remove(TALLY_MARKER).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(counters(&store), before);
+    }
+
+    /// The proof that a start does not read the alerts: a row slipped into the middle of the
+    /// queue behind the counters' back is not counted (a count would find it).
+    #[test]
+    fn a_start_reads_the_counters_not_the_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let seqs = put(&store, "a", &[10, 10, 10]);
+        store.ack("a", &[(seqs[1], env(10).len() as u64)]).unwrap();
+        store
+            .queue
+            .insert(alert_key("a", seqs[1]), env(10))
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(store.depth("a").alerts, 2);
+    }
+
+    /// A database an older version wrote (or ran on in between: it deletes the marker, an
+    /// empty metadata row, when it opens the database) is counted once, and gets its tallies.
+    #[test]
+    fn an_older_version_in_between_makes_the_next_start_count_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let seqs = put(&store, "a", &[10, 10, 10]);
+        // What an older version does: drops the marker at start, then queues and acks alerts
+        // without moving the counters.
+        store.queue.remove(TALLY_MARKER).unwrap();
+        store.queue.remove(alert_key("a", seqs[0])).unwrap();
+        store.queue.insert(alert_key("b", 99), env(4)).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(store.depth("a").alerts, 2);
+        assert_eq!(store.depth("b").alerts, 1);
+        assert_eq!(store.reserve_seq(0), 100);
+        assert!(store.queue.contains_key(TALLY_MARKER).unwrap());
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!((store.depth("a").alerts, store.depth("b").alerts), (2, 1));
+    }
+
+    /// Counters that disagree with what a look at each integration's ends finds (alerts of an
+    /// integration they call empty, or one they do not name, or past their last sequence
+    /// number) are not trusted: the queue is counted again.
+    #[test]
+    fn counters_that_disagree_with_the_queue_ends_are_recounted() {
+        type Tamper = fn(&Store, &[u64]);
+        let cases: [(&str, Tamper); 3] = [
+            ("alerts the counters call acked", |s, seqs| {
+                s.ack("a", &seqs.iter().map(|q| (*q, 0)).collect::<Vec<_>>())
+                    .unwrap();
+                s.queue.insert(alert_key("a", seqs[0]), env(10)).unwrap();
+            }),
+            ("an integration they do not name", |s, _| {
+                s.queue.insert(alert_key("zz", 1), env(3)).unwrap();
+            }),
+            ("a sequence number past theirs", |s, _| {
+                s.queue.insert(alert_key("a", 1000), env(3)).unwrap();
+            }),
+        ];
+        for (what, tamper) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("q");
+            let (store, _) = Store::open(&path, 1 << 20).unwrap();
+            let seqs = put(&store, "a", &[10, 10]);
+            tamper(&store, &seqs);
+            store.sync().unwrap();
+            let truth: u64 = store
+                .queue
+                .iter()
+                .keys()
+                .filter(|k| split_alert_key(k.as_ref().unwrap()).is_some())
+                .count() as u64;
+            drop(store);
+            let store = reopen(&path);
+            let counted: u64 = store.depths().values().map(|d| d.alerts).sum();
+            assert_eq!(counted, truth, "{what}");
+        }
+    }
+
+    /// Issue 14: the dead letters were counted at every start too. Their count is a row in
+    /// the same batch as each change (put, move, requeue, purge), read back at start.
+    #[test]
+    fn the_dead_letter_count_is_kept_with_each_change_and_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let a = put(&store, "a", &[10, 10]);
+        store.move_to_dead("a", a[0], &dead(a[0]), 39).unwrap();
+        store.move_to_dead("a", a[0], &dead(a[0]), 39).unwrap();
+        let ids: Vec<u64> = (0..3).map(|_| store.reserve_seq(1)).collect();
+        store
+            .put_dead(&ids.iter().map(|i| dead(*i)).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.dead_count(), 4);
+        let again = store.reserve_seq(1);
+        store
+            .append_requeue(&[("a".into(), again, env(3))], &[], &[a[0]])
+            .unwrap();
+        assert_eq!(store.purge_dead(&[ids[0], ids[0], 12345]).unwrap(), 1);
+        assert_eq!(store.dead_count(), 2);
+        // Slipped in behind the count's back: a start that read the rows would miss it.
+        store
+            .dead
+            .insert(999u64.to_be_bytes(), b"{}".to_vec())
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(store.dead_count(), 2);
+        assert_eq!(store.reserve_seq(0), 1000);
+        assert_eq!(store.dead_letters().unwrap().len(), 2);
+        assert_eq!(store.dead_letters_of(None, 0, 10).unwrap().len(), 2);
+        // Without the marker (an older version ran on it) they are counted.
+        store.queue.remove(TALLY_MARKER).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = reopen(&path);
+        assert_eq!(store.dead_count(), 3);
     }
 
     fn dead(id: u64) -> DeadLetter {
@@ -1010,7 +1532,37 @@ mod tests {
         }
         store.sync().unwrap();
         drop(store);
+        // Counted at start (a database without tallies, as an older version left it) and
+        // found by the reader (tallies kept): either way they end in the dead letters.
+        for without_tallies in [true, false] {
+            let dir2 = tempfile::tempdir().unwrap();
+            let copy = dir2.path().join("q");
+            copy_db(&path, &copy);
+            if without_tallies {
+                let s = reopen(&copy);
+                s.queue.remove(TALLY_MARKER).unwrap();
+                s.sync().unwrap();
+                drop(s);
+            }
+            let store = reopen(&copy);
+            if !without_tallies {
+                assert_eq!(store.load_after("a", 0, 10).unwrap().len(), 3);
+            }
+            let d = store.depth("a");
+            assert_eq!((d.alerts, d.bytes), (3, 3 * env.len() as u64));
+            assert_eq!(store.total_bytes(), 3 * env.len() as u64);
+            assert_eq!(store.dead_count(), 2);
+            drop(store);
+            let store = reopen(&copy);
+            assert_eq!(
+                store.depth("a").alerts,
+                3,
+                "without_tallies: {without_tallies}"
+            );
+            assert_eq!(store.dead_count(), 2);
+        }
         let store = reopen(&path);
+        store.load_after("a", 0, 10).unwrap();
         let d = store.depth("a");
         assert_eq!((d.alerts, d.bytes), (3, 3 * env.len() as u64));
         assert_eq!(store.total_bytes(), 3 * env.len() as u64);
@@ -1031,8 +1583,10 @@ mod tests {
         let (store, _) = Store::open(&path, 1 << 20).unwrap();
         let empty = [&[META_PREFIX][..], b"tail\0/x\0a"].concat();
         let kept = [&[META_PREFIX][..], b"tail\0/x\0b"].concat();
-        // What the old requeue path did: insert the empty value as it was.
+        // What the old requeue path did: insert the empty value as it was (in a database an
+        // older version wrote: no tally marker).
         store.queue.insert(&empty, &b""[..]).unwrap();
+        store.queue.remove(TALLY_MARKER).unwrap();
         store
             .append(&[], &[(kept.clone(), b"pos".to_vec())])
             .unwrap();
@@ -1041,6 +1595,7 @@ mod tests {
         let store = reopen(&path);
         let rows = store.meta_scan(&[META_PREFIX], 10).unwrap();
         assert_eq!(rows, vec![(kept, b"pos".to_vec())]);
+        assert!(store.queue.get(&empty).unwrap().is_none());
     }
 
     /// Issue 10, scenario: the state folder deleted while the agent runs. sled writes on into

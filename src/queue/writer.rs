@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Received;
 use super::envelope::Envelope;
-use super::store::Store;
-use crate::clock::Clock;
+use super::store::{DeadLetter, Store};
+use crate::clock::{Clock, Millis};
 
 /// One alert on its way into the queue.
 #[derive(Debug, Clone)]
@@ -51,12 +51,20 @@ struct WriteReq {
     meta: Vec<(Vec<u8>, Vec<u8>)>,
     /// Dead letters these alerts replace (an operator's retry), removed in the same transaction.
     undead: Vec<u64>,
-    reply: oneshot::Sender<Result<Vec<u64>, IngestError>>,
+    /// Dead letters of a source (refused lines, entries), written in the same group.
+    dead: Vec<DeadLetter>,
+    reply: Reply,
 }
+
+/// Where a request's ids (or why it was refused) go.
+type Reply = oneshot::Sender<Result<Vec<u64>, IngestError>>;
 
 impl WriteReq {
     fn is_ping(&self) -> bool {
-        self.alerts.is_empty() && self.meta.is_empty() && self.undead.is_empty()
+        self.alerts.is_empty()
+            && self.meta.is_empty()
+            && self.undead.is_empty()
+            && self.dead.is_empty()
     }
 }
 
@@ -173,6 +181,7 @@ impl Ingest {
             alerts,
             meta,
             undead: Vec::new(),
+            dead: Vec::new(),
             reply,
         };
         if wait {
@@ -212,6 +221,7 @@ impl Ingest {
             alerts,
             meta: Vec::new(),
             undead,
+            dead: Vec::new(),
             reply,
         };
         self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
@@ -228,6 +238,23 @@ impl Ingest {
             alerts: Vec::new(),
             meta: Vec::new(),
             undead: Vec::new(),
+            dead: Vec::new(),
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
+        rx.await.map_err(|_| IngestError::Closed)?.map(|_| ())
+    }
+
+    /// Records a source's dead letters (lines or entries it cannot forward) through the
+    /// writer, so the queue has one path to disk and one fsync per group; answers once they
+    /// are durable. Waits for room in the writer's channel (the source can read later).
+    pub async fn bury(&self, dead: Vec<DeadLetter>) -> Result<(), IngestError> {
+        let (reply, rx) = oneshot::channel();
+        let req = WriteReq {
+            alerts: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            dead,
             reply,
         };
         self.tx.send(req).await.map_err(|_| IngestError::Closed)?;
@@ -302,18 +329,35 @@ fn commit_work(
     store: &Store,
     group: &mut Vec<WriteReq>,
     cfg: &WriterConfig,
-    now: crate::clock::Millis,
+    now: Millis,
     space_low: &mut bool,
 ) -> Option<Result<(), IngestError>> {
     if group.is_empty() {
         return None;
     }
-    let max_bytes = cfg.max_bytes;
     if let Some(why) = store.fatal() {
         let e = IngestError::Disk(format!("{why}; the agent is restarting"));
         refuse_all(group, e.clone());
         return Some(Err(e));
     }
+    if !room_on_disk(store, group, cfg, space_low) {
+        return None;
+    }
+    let batch = Batch::admit(store, group, cfg.max_bytes, now);
+    if batch.accepted.is_empty() {
+        return None;
+    }
+    Some(batch.commit(store))
+}
+
+/// Whether the disk has room for `group` above `queue.min_free_space`; if not, every request
+/// of it is refused (the state change logged once).
+fn room_on_disk(
+    store: &Store,
+    group: &mut Vec<WriteReq>,
+    cfg: &WriterConfig,
+    space_low: &mut bool,
+) -> bool {
     let incoming: u64 = group
         .iter()
         .flat_map(|r| &r.alerts)
@@ -338,7 +382,7 @@ fn commit_work(
                     mib(cfg.min_free_space)
                 )),
             );
-            return None;
+            return false;
         }
         Ok(free) if *space_low => {
             tracing::info!(
@@ -349,87 +393,111 @@ fn commit_work(
         }
         _ => {}
     }
-    let mut used = store.total_bytes();
-    let mut rows = Vec::new();
-    let mut meta = Vec::new();
-    let mut undead = Vec::new();
-    let mut accepted = Vec::new();
-    for req in group.drain(..) {
-        let envs: Vec<Vec<u8>> = req
-            .alerts
-            .iter()
-            .map(|a| {
-                Envelope {
-                    received_at: now,
-                    attempts: 0,
-                    next_attempt_at: 0,
-                    key_hash: a.key_hash,
-                    payload: a.payload.clone(),
-                }
-                .encode()
-            })
-            .collect();
-        let size: u64 = envs.iter().map(|e| e.len() as u64).sum();
-        // A request with alerts must fit whole; one with only metadata always fits.
-        if !envs.is_empty() && used + size > max_bytes {
-            let _ = req.reply.send(Err(IngestError::QueueFull {
-                used,
-                max: max_bytes,
-            }));
-            continue;
-        }
-        used += size;
-        let first = store.reserve_seq(envs.len() as u64);
-        let ids: Vec<u64> = (first..first + envs.len() as u64).collect();
-        for ((a, env), id) in req.alerts.iter().zip(envs).zip(&ids) {
-            rows.push((a.integration.clone(), *id, env));
-        }
-        meta.extend(req.meta);
-        undead.extend(req.undead);
-        accepted.push((req.reply, ids));
-    }
-    if accepted.is_empty() {
-        return None;
-    }
-    let written = if undead.is_empty() {
-        store.append(&rows, &meta)
-    } else {
-        store.append_requeue(&rows, &meta, &undead)
-    };
-    let result = written.and_then(|()| store.sync());
-    let proof = match result {
-        Ok(()) => {
-            for (reply, ids) in accepted {
-                let _ = reply.send(Ok(ids));
+    true
+}
+
+/// The requests of one commit that fit in `queue.max_bytes`, as rows with their ids.
+struct Batch {
+    rows: Vec<(String, u64, Vec<u8>)>,
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+    undead: Vec<u64>,
+    dead: Vec<DeadLetter>,
+    accepted: Vec<(Reply, Vec<u64>)>,
+}
+
+impl Batch {
+    /// Takes every request of `group` that fits whole (the others are answered QueueFull).
+    fn admit(store: &Store, group: &mut Vec<WriteReq>, max_bytes: u64, now: Millis) -> Batch {
+        let mut used = store.total_bytes();
+        let mut b = Batch {
+            rows: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            dead: Vec::new(),
+            accepted: Vec::new(),
+        };
+        for req in group.drain(..) {
+            let envs: Vec<Vec<u8>> = req
+                .alerts
+                .iter()
+                .map(|a| {
+                    Envelope {
+                        received_at: now,
+                        attempts: 0,
+                        next_attempt_at: 0,
+                        key_hash: a.key_hash,
+                        payload: a.payload.clone(),
+                    }
+                    .encode()
+                })
+                .collect();
+            let size: u64 = envs.iter().map(|e| e.len() as u64).sum();
+            // A request with alerts must fit whole; one with only metadata or dead letters always fits.
+            if !envs.is_empty() && used + size > max_bytes {
+                let full = IngestError::QueueFull {
+                    used,
+                    max: max_bytes,
+                };
+                let _ = req.reply.send(Err(full));
+                continue;
             }
-            Ok(())
+            used += size;
+            let first = store.reserve_seq(envs.len() as u64);
+            let ids: Vec<u64> = (first..first + envs.len() as u64).collect();
+            for ((a, env), id) in req.alerts.iter().zip(envs).zip(&ids) {
+                b.rows.push((a.integration.clone(), *id, env));
+            }
+            b.meta.extend(req.meta);
+            b.undead.extend(req.undead);
+            b.dead.extend(req.dead);
+            b.accepted.push((req.reply, ids));
         }
-        Err(e) => {
-            let msg = e.reason();
-            if e.is_fatal() {
-                // The store is marked fatal (see `Store::watch`): the daemon exits and says
-                // why, once. Here it is only the refusal of this group.
-                tracing::warn!(
-                    "Writing {} alerts to the queue failed ({msg}); they were refused with 503.",
-                    rows.len()
-                );
+        b
+    }
+
+    /// One atomic write and one fsync; every accepted request is answered after it.
+    fn commit(self, store: &Store) -> Result<(), IngestError> {
+        let buried = store.put_dead(&self.dead);
+        let written = buried.and_then(|()| {
+            if self.undead.is_empty() {
+                store.append(&self.rows, &self.meta)
             } else {
-                tracing::error!(
-                    "Writing {} alerts to the queue failed ({msg}); they were refused with 503.",
-                    rows.len()
-                );
+                store.append_requeue(&self.rows, &self.meta, &self.undead)
             }
-            let e = IngestError::Disk(msg);
-            for (reply, _) in accepted {
-                let _ = reply.send(Err(e.clone()));
+        });
+        let proof = match written.and_then(|()| store.sync()) {
+            Ok(()) => {
+                for (reply, ids) in self.accepted {
+                    let _ = reply.send(Ok(ids));
+                }
+                Ok(())
             }
-            Err(e)
+            Err(e) => {
+                let msg = e.reason();
+                let n = self.rows.len();
+                if e.is_fatal() {
+                    // The store is marked fatal (see `Store::watch`): the daemon exits and
+                    // says why, once. Here it is only the refusal of this group.
+                    tracing::warn!(
+                        "Writing {n} alerts to the queue failed ({msg}); they were refused with 503."
+                    );
+                } else {
+                    tracing::error!(
+                        "Writing {n} alerts to the queue failed ({msg}); they were refused with 503."
+                    );
+                }
+                let e = IngestError::Disk(msg);
+                for (reply, _) in self.accepted {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Err(e)
+            }
+        };
+        if !self.rows.is_empty() {
+            store.committed.notify_one();
         }
-    };
-    if !rows.is_empty() {
-        store.committed.notify_one();
+        proof
     }
-    Some(proof)
 }
 
 fn refuse_all(group: &mut Vec<WriteReq>, e: IngestError) {
@@ -463,6 +531,7 @@ mod tests {
                 alerts,
                 meta,
                 undead,
+                dead: Vec::new(),
                 reply,
             },
             rx,
@@ -552,6 +621,51 @@ mod tests {
         assert_eq!(pinged.blocking_recv().unwrap().unwrap(), Vec::<u64>::new());
         assert!(store.space().low());
         assert_eq!(store.depth("a").alerts, 0);
+    }
+
+    /// A source's dead letters go through the writer, in the same group and fsync as the
+    /// alerts beside them (before, each source wrote and synced them on its own).
+    #[test]
+    fn dead_letters_are_written_in_the_group_with_the_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        let store = Arc::new(store);
+        let (tx, rx) = mpsc::channel(8);
+        let alert = Alert {
+            integration: "a".into(),
+            payload: b"{}".to_vec(),
+            key_hash: 1,
+        };
+        let (post, posted) = req(vec![alert], Vec::new(), Vec::new());
+        let (reply, buried) = oneshot::channel();
+        let dead = DeadLetter {
+            id: store.reserve_seq(1),
+            integration: "a".into(),
+            received_at: 1_000,
+            failed_at: 1_000,
+            attempts: 0,
+            status: 0,
+            reason: "the line is not valid JSON".into(),
+            response: String::new(),
+            payload: "not json".into(),
+        };
+        let bury = WriteReq {
+            alerts: Vec::new(),
+            meta: Vec::new(),
+            undead: Vec::new(),
+            dead: vec![dead],
+            reply,
+        };
+        tx.try_send(post).unwrap();
+        tx.try_send(bury).unwrap();
+        drop(tx);
+        writer_loop(rx, store.clone(), cfg(), Clock::starting_at(1_000));
+        assert_eq!(posted.blocking_recv().unwrap().unwrap().len(), 1);
+        assert_eq!(buried.blocking_recv().unwrap().unwrap(), Vec::<u64>::new());
+        drop(store);
+        let (store, _) = Store::open(&path, 1 << 20).unwrap();
+        assert_eq!((store.dead_count(), store.depth("a").alerts), (1, 1));
     }
 
     /// Issue 10, defect 3: the ping wrote nothing, so a daemon whose disk had failed kept the

@@ -169,6 +169,106 @@ impl Learned {
 }
 
 impl ScopeState {
+    /// Notes the answer to request `id`; the request and its index when it counts (answered
+    /// by OnCall), `None` when there is nothing to learn from it.
+    fn record(&mut self, id: u64, at: Millis, seen: Seen) -> Option<(usize, Req)> {
+        let i = self.reqs.iter().position(|r| r.id == id)?;
+        let r = &mut self.reqs[i];
+        match seen {
+            Seen::Unanswered => {
+                r.until = r.until.max(at);
+                return None;
+            }
+            Seen::NotCounted => {
+                self.reqs.remove(i);
+                return None;
+            }
+            _ => r.until = at.max(r.sent),
+        }
+        r.answered = true;
+        r.refused = seen == Seen::Refused;
+        r.accepted = seen == Seen::Accepted;
+        Some((i, *r))
+    }
+
+    fn on_accepted(&mut self, i: usize, r: Req) {
+        // Only a request sent after the refused one's answer surely arrived after it (round
+        // trips vary: a later request can overtake an earlier one). Then a reset lies between
+        // the refused one's send and this answer, and this request is in the window it began.
+        if let Some((s, u)) = self.refused_since
+            && r.sent >= u
+        {
+            self.refused_since = None;
+            self.learned.narrow(s, r.until);
+            self.reqs[i].window = match self.learned.pos(r.sent) {
+                Some(Pos::In(k) | Pos::Reset(k)) => Some(k),
+                None => None,
+            };
+        } else if let Some(k) = r.probe_of {
+            self.reqs[i].window = Some(k);
+        }
+        if let Some(Pos::In(k)) = self.learned.pos(r.sent)
+            && let Some(l) = self.learned.limit
+        {
+            let n = self.accepted_surely_in(k);
+            if n > l {
+                // The upward probe got through.
+                self.learned.limit = Some(n);
+                self.learned.clean = 0;
+            }
+        }
+    }
+
+    fn on_refused(&mut self, r: Req, started: Millis) {
+        self.refused_since = Some(
+            self.refused_since
+                .map_or((r.sent, r.until), |(s, u)| (s.max(r.sent), u.max(r.until))),
+        );
+        match self.learned.pos(r.sent) {
+            // A probe inside a predicted reset, refused: the reset was after its send.
+            Some(Pos::Reset(k)) => {
+                if let Some((lo, hi)) = self.learned.zone(k) {
+                    let shift = lo - self.learned.reset.map_or(0, |(l, _)| l as i64);
+                    let new_lo = (r.sent as i64).max(lo) - shift;
+                    self.learned.reset = Some((new_lo.max(0) as Millis, (hi - shift) as Millis));
+                }
+            }
+            Some(Pos::In(k))
+                if self
+                    .learned
+                    .zone(k)
+                    .is_some_and(|(lo, _)| lo >= started as i64) =>
+            {
+                self.limited_in(k);
+            }
+            Some(Pos::In(_)) | None => {}
+        }
+    }
+
+    /// A refusal inside learned window `k` (one that began after this process started).
+    fn limited_in(&mut self, k: i64) {
+        // Every request of the window accepted so far, sent before or with this one; answers
+        // still to come raise it (see `on_accepted`).
+        let n = self.accepted_in(k, Millis::MAX);
+        match self.learned.limit {
+            // The first request of a predicted window refused: the phase is off.
+            Some(_) if n == 0 => self.learned.reset = None,
+            Some(l) if n < l => {
+                self.learned.limit = Some(n);
+                self.learned.clean = 0;
+            }
+            Some(_) => self.learned.clean = 0,
+            // Learned from the requests surely in this window: a lower bound if some went near
+            // its reset (raised later, one at a time).
+            None => {
+                let sure = self.accepted_surely_in(k);
+                if sure > 0 {
+                    self.learned.limit = Some(sure);
+                }
+            }
+        }
+    }
+
     /// Requests not refused that may be counted in window `k` and were sent before `before`.
     fn accepted_in(&self, k: i64, before: Millis) -> u32 {
         self.reqs
@@ -443,105 +543,17 @@ impl Learner {
 
     /// Request `id` of `scope` ended at `at` as `seen`.
     pub fn answered(&mut self, scope: &Scope, id: u64, at: Millis, seen: Seen) {
+        let started = self.started;
         let Some(st) = self.scopes.get_mut(scope) else {
             return;
         };
-        let Some(i) = st.reqs.iter().position(|r| r.id == id) else {
+        let before = st.learned.clone();
+        let Some((i, r)) = st.record(id, at, seen) else {
             return;
         };
-        let before = st.learned.clone();
-        let r = {
-            let r = &mut st.reqs[i];
-            match seen {
-                Seen::Unanswered => {
-                    r.until = r.until.max(at);
-                    return;
-                }
-                Seen::NotCounted => {
-                    st.reqs.remove(i);
-                    return;
-                }
-                _ => r.until = at.max(r.sent),
-            }
-            r.answered = true;
-            r.refused = seen == Seen::Refused;
-            r.accepted = seen == Seen::Accepted;
-            *r
-        };
         match seen {
-            Seen::Accepted => {
-                // Only a request sent after the refused one's answer surely arrived after it
-                // (round trips vary: a later request can overtake an earlier one). Then a reset
-                // lies between the refused one's send and this answer, and this request is in
-                // the window it began.
-                if let Some((s, u)) = st.refused_since
-                    && r.sent >= u
-                {
-                    st.refused_since = None;
-                    st.learned.narrow(s, r.until);
-                    st.reqs[i].window = match st.learned.pos(r.sent) {
-                        Some(Pos::In(k) | Pos::Reset(k)) => Some(k),
-                        None => None,
-                    };
-                } else if let Some(k) = r.probe_of {
-                    st.reqs[i].window = Some(k);
-                }
-                if let Some(Pos::In(k)) = st.learned.pos(r.sent)
-                    && let Some(l) = st.learned.limit
-                {
-                    let n = st.accepted_surely_in(k);
-                    if n > l {
-                        // The upward probe got through.
-                        st.learned.limit = Some(n);
-                        st.learned.clean = 0;
-                    }
-                }
-            }
-            Seen::Refused => {
-                st.refused_since = Some(
-                    st.refused_since
-                        .map_or((r.sent, r.until), |(s, u)| (s.max(r.sent), u.max(r.until))),
-                );
-                match st.learned.pos(r.sent) {
-                    // A probe inside a predicted reset, refused: the reset was after its send.
-                    Some(Pos::Reset(k)) => {
-                        if let Some((lo, hi)) = st.learned.zone(k) {
-                            let shift = lo - st.learned.reset.map_or(0, |(l, _)| l as i64);
-                            let new_lo = (r.sent as i64).max(lo) - shift;
-                            st.learned.reset =
-                                Some((new_lo.max(0) as Millis, (hi - shift) as Millis));
-                        }
-                    }
-                    Some(Pos::In(k))
-                        if st
-                            .learned
-                            .zone(k)
-                            .is_some_and(|(lo, _)| lo >= self.started as i64) =>
-                    {
-                        // Every request of the window accepted so far, sent before or with
-                        // this one; answers still to come raise it (see `Seen::Accepted`).
-                        let n = st.accepted_in(k, Millis::MAX);
-                        match st.learned.limit {
-                            // The first request of a predicted window refused: the phase is off.
-                            Some(_) if n == 0 => st.learned.reset = None,
-                            Some(l) if n < l => {
-                                st.learned.limit = Some(n);
-                                st.learned.clean = 0;
-                            }
-                            Some(_) => st.learned.clean = 0,
-                            // Learned from the requests surely in this window: a lower bound if
-                            // some went near its reset (raised later, one at a time).
-                            None => {
-                                let sure = st.accepted_surely_in(k);
-                                if sure > 0 {
-                                    st.learned.limit = Some(sure);
-                                }
-                            }
-                        }
-                    }
-                    Some(Pos::In(_)) | None => {}
-                }
-            }
+            Seen::Accepted => st.on_accepted(i, r),
+            Seen::Refused => st.on_refused(r, started),
             Seen::Other | Seen::Unanswered | Seen::NotCounted => {}
         }
         if st.learned != before {

@@ -26,7 +26,7 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
 }
 
-/// The sources' half of the status, keyed by "<kind> <path>", updated by each source.
+/// The sources' half of the status, keyed by `"<kind> <path>"`, updated by each source.
 pub type SourceBoard = Arc<Mutex<BTreeMap<String, SourceStatus>>>;
 
 /// Returns a function through which one source updates its entry on the board (created on
@@ -35,7 +35,7 @@ pub fn source_reporter(
     board: SourceBoard,
     kind: &'static str,
     path: &std::path::Path,
-) -> impl Fn(&dyn Fn(&mut SourceStatus)) {
+) -> impl Fn(&dyn Fn(&mut SourceStatus)) + use<> {
     let name = format!("{kind} {}", path.display());
     let path = path.display().to_string();
     move |f: &dyn Fn(&mut SourceStatus)| {
