@@ -1,12 +1,12 @@
 //! A fleet on one budget: agents on many hosts share OnCall's per-integration and
 //! per-organization limits through Redis.
 //!
-//! OnCall's limits are not per host. With `[fleet]`, every budget also has a shared log in Redis
-//! with the local limiter's semantics (`src/sender/limiter.rs`): each request counts as the span
-//! `[sent, until]`, and a new one may leave only while fewer than N requests of the whole fleet
-//! have `until > now - W`. The scripts ([`scripts`], `turn.lua`) run atomically on Redis's
-//! clock, so skewed host clocks cannot open a second budget; integrations are known there by a
-//! keyed hash of their URL, never by their token.
+//! OnCall's limits are not per host. With `[fleet]`, every budget also has a shared log in
+//! Redis with the local limiter's semantics (`src/ratelimit/limiter.rs`): each request counts
+//! as the span `[sent, until]`, and a new one may leave only while fewer than N requests of
+//! the whole fleet have `until > now - W`. The scripts ([`scripts`], `turn.lua`) run
+//! atomically on Redis's clock, so skewed host clocks cannot open a second budget;
+//! integrations are known there by a keyed hash of their URL, never by their token.
 //!
 //! The dispatcher never waits on the network: [`Fleet`] is a synchronous handle over state that
 //! a background task keeps in step with Redis. The task batches everything one turn needs
@@ -15,7 +15,11 @@
 //! than `fleet.timeout`, falls back to this host's local share of each budget (never the whole
 //! budget: twenty hosts at full budget are the storm this exists to prevent) with one WARN. It
 //! reconnects with backoff, and its first call after a reconnect records the sends made
-//! meanwhile, so the shared log stays honest.
+//! meanwhile, so the shared log stays honest. Three edges, each found by a test that failed:
+//! grants held when Redis goes away are dropped (a restarted Redis would not know them); a
+//! host back early keeps within its local share for [`STRAGGLERS`] (others may still be cut
+//! off, sending unrecorded); and at start nothing leaves before Redis has answered or failed
+//! (the hosts already connected may be spending the whole budget).
 //!
 //! A granted slot is counted in Redis from its grant until `grant + hold + timeout` (a request
 //! leaves at most `hold` after the call that reserved it was sent, and is answered or given up
@@ -306,8 +310,8 @@ impl Fleet {
     }
 
     /// Takes a slot for a request of `integration` leaving at `now`, counted at most until
-    /// `until`: a held grant, or, while Redis is known to be away, a slot of the local share. `None`: not
-    /// now (see [`Fleet::next_free`]).
+    /// `until`: a held grant, or, while Redis is known to be away, a slot of the local share.
+    /// `None`: not now (see [`Fleet::next_free`]).
     pub fn take(&self, integration: &str, now: Millis, until: Millis) -> Option<FleetSlot> {
         let mut st = self.inner.lock();
         st.expire_held(now);

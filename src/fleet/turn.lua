@@ -6,7 +6,8 @@
 -- before that `granted + bound` (the longest a grant may be held before it is used, plus the
 -- request timeout). A request may be granted at `now` only while fewer than N members have
 -- `until > now - W`: then ANY interval of length W holds at most N requests counted at OnCall,
--- whatever the phase of OnCall's fixed windows (the local limiter's rule, src/sender/limiter.rs).
+-- whatever the phase of OnCall's fixed windows (the local limiter's rule,
+-- src/ratelimit/limiter.rs).
 --
 -- KEYS[1]            hash host -> last seen (ms), for `oncall-agent fleet`
 -- KEYS[2j], KEYS[2j+1] scope j's log (zset) and its waiting hosts (hash host -> fresh until ms)
