@@ -51,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod fleet;
+pub mod host;
 pub mod local;
 pub mod observe;
 pub mod oncall;

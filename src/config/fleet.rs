@@ -1,4 +1,4 @@
-//! `[fleet]`: where the fleet's shared budget lives (see `crate::fleet`) and what this host
+//! `[fleet]`: where the fleet's shared budget lives (see the `fleet` module) and what this host
 //! may do alone. Parsed (serde, `deny_unknown_fields`), then validated into [`FleetConfig`]
 //! with errors that name the field.
 
@@ -208,18 +208,10 @@ impl FleetConfig {
     }
 }
 
-/// The machine's hostname, if it reads as UTF-8.
-pub fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = std::str::from_utf8(&buf[..end]).ok()?;
-    // A fully qualified name: the first label is the host's name in the fleet.
-    Some(name.split('.').next().unwrap_or(name).to_string()).filter(|n| !n.is_empty())
+/// The host's name in the fleet: the first label of its hostname.
+pub(super) fn hostname() -> Option<String> {
+    let name = crate::host::name()?;
+    Some(name.split('.').next().unwrap_or(&name).to_string()).filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]

@@ -182,7 +182,7 @@ async fn report_quarantine(config: &Config, ingest: &Ingest, q: &Quarantined) {
     else {
         return;
     };
-    let host = hostname().unwrap_or_else(|| "this host".to_string());
+    let host = crate::host::name().unwrap_or_else(|| "this host".to_string());
     let body = serde_json::json!({
         "title": format!("oncall-agent on {host}: queue database was corrupt"),
         "message": format!(
@@ -204,18 +204,4 @@ async fn report_quarantine(config: &Config, ingest: &Ingest, q: &Quarantined) {
     if let Err(e) = ingest.submit(alert).await {
         tracing::error!("The alert about the corrupt database could not be queued: {e}");
     }
-}
-
-/// The host's name, from gethostname(2): /proc/sys is hidden under the unit's ProcSubset=pid.
-pub(crate) fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // The buffer outlives the call and its length is passed; the name is NUL-terminated when
-    // it fits, and a name that does not fit is cut at the first NUL or the end.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-    (!name.is_empty()).then_some(name)
 }

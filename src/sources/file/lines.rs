@@ -2,13 +2,11 @@
 //! complete lines (long lines skipped, a finished file's unfinished last line recorded), and
 //! moving the position once the chunk is committed.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use super::format::to_alert;
 use super::track::fingerprint;
-use super::{Chunk, FP_MAX, Pos, TailError, Tailer, io_err};
+use super::{Chunk, FP_MAX, Pos, TailError, Tailer, io_err, read_full};
 use crate::sources::commit::{DEAD_PREFIX, Refused, lossy_prefix};
 
 impl Tailer {
@@ -350,18 +348,4 @@ impl Tailer {
             t.dead_done_to = t.dead_done_to.max(c.dead_to);
         }
     }
-}
-
-/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
-pub(super) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }

@@ -60,6 +60,7 @@ mod track;
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,4 +179,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TailError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+pub(super) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }

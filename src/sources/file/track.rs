@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::lines::read_full;
 use super::{
     FP_MAX, MAX_FILES, MAX_LISTING, Pos, READ_CHUNK, ROTATE_WAIT, TailError, Tailer, Tracked,
-    io_err,
+    io_err, read_full,
 };
 use crate::config::{FileSource, StartAt};
 use crate::queue::Store;
