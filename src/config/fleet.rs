@@ -99,42 +99,7 @@ impl FleetConfig {
         read_secret: impl FnOnce(&Path) -> Result<String, String>,
         hostname: impl FnOnce() -> Option<String>,
     ) -> Result<FleetConfig, FleetConfigError> {
-        let url = reqwest::Url::parse(&raw.redis)
-            .map_err(|e| err("fleet.redis", format!("not a URL ({e})")))?;
-        if !matches!(url.scheme(), "redis" | "rediss") {
-            return Err(err(
-                "fleet.redis",
-                format!(
-                    "the scheme must be redis:// or rediss:// (TLS), not {}://",
-                    url.scheme()
-                ),
-            ));
-        }
-        if url.password().is_some() {
-            return Err(err(
-                "fleet.redis",
-                "holds a password: put it in fleet.password_file instead (URLs get printed)",
-            ));
-        }
-        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-            return Err(err("fleet.redis", "names no host"));
-        };
-        let db = url.path().trim_matches('/');
-        if !db.is_empty() && db.parse::<u16>().is_err() {
-            return Err(err(
-                "fleet.redis",
-                format!("the path must be a database number such as /0, not /{db}"),
-            ));
-        }
-        let redacted = format!(
-            "{}://{}:{}/{}",
-            url.scheme(),
-            host,
-            url.port().unwrap_or(6379),
-            if db.is_empty() { "0" } else { db }
-        );
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| err("fleet.redis", format!("not a Redis URL ({e})")))?;
+        let (redis, redacted) = redis_url(&raw.redis)?;
         let password = match &raw.password_file {
             Some(p) => Some(Secret::new(
                 read_secret(p).map_err(|e| err("fleet.password_file", e))?,
@@ -165,47 +130,90 @@ impl FleetConfig {
                 format!("{org:?} must be 1 to 64 letters, digits, '.', '_' or '-'"),
             ));
         }
-        let local_share = match (raw.local_share, raw.hosts) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "fleet.local_share",
-                    "give either local_share or hosts, not both",
-                ));
-            }
-            (Some(s), None) if s > 0.0 && s <= 1.0 => s,
-            (Some(s), None) => {
-                return Err(err(
-                    "fleet.local_share",
-                    format!("{s} must be above 0 and at most 1 (a fraction of each budget)"),
-                ));
-            }
-            (None, Some(n)) if n >= 1 => 1.0 / f64::from(n),
-            (None, Some(_)) => return Err(err("fleet.hosts", "must be at least 1")),
-            (None, None) => {
-                return Err(err(
-                    "fleet.hosts",
-                    "set hosts (the fleet's size) or local_share: what this host may send alone while Redis is unreachable (never the whole budget)",
-                ));
-            }
-        };
-        let timeout = match raw.timeout {
-            Some(t) => humantime::parse_duration(&t)
-                .map_err(|e| err("fleet.timeout", format!("{t:?}: {e}")))?,
-            None => DEFAULT_TIMEOUT,
-        };
-        if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&timeout) {
-            return Err(err("fleet.timeout", "must be between 10ms and 5s"));
-        }
         Ok(FleetConfig {
-            redis: info,
+            redis,
             redacted,
             password,
             host,
             org,
-            local_share,
-            timeout,
+            local_share: local_share(raw.local_share, raw.hosts)?,
+            timeout: timeout(raw.timeout)?,
         })
     }
+}
+
+/// The Redis URL, checked (no password in it: URLs get printed), and as it may be shown.
+fn redis_url(text: &str) -> Result<(redis::ConnectionInfo, String), FleetConfigError> {
+    let url =
+        reqwest::Url::parse(text).map_err(|e| err("fleet.redis", format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(err(
+            "fleet.redis",
+            format!(
+                "the scheme must be redis:// or rediss:// (TLS), not {}://",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.password().is_some() {
+        return Err(err(
+            "fleet.redis",
+            "holds a password: put it in fleet.password_file instead (URLs get printed)",
+        ));
+    }
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err(err("fleet.redis", "names no host"));
+    };
+    let db = url.path().trim_matches('/');
+    if !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err(err(
+            "fleet.redis",
+            format!("the path must be a database number such as /0, not /{db}"),
+        ));
+    }
+    let redacted = format!(
+        "{}://{}:{}/{}",
+        url.scheme(),
+        host,
+        url.port().unwrap_or(6379),
+        if db.is_empty() { "0" } else { db }
+    );
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| err("fleet.redis", format!("not a Redis URL ({e})")))?;
+    Ok((info, redacted))
+}
+
+/// What this host may send alone while Redis is unreachable: `local_share`, or 1/`hosts`.
+fn local_share(share: Option<f64>, hosts: Option<u32>) -> Result<f64, FleetConfigError> {
+    match (share, hosts) {
+        (Some(_), Some(_)) => Err(err(
+            "fleet.local_share",
+            "give either local_share or hosts, not both",
+        )),
+        (Some(s), None) if s > 0.0 && s <= 1.0 => Ok(s),
+        (Some(s), None) => Err(err(
+            "fleet.local_share",
+            format!("{s} must be above 0 and at most 1 (a fraction of each budget)"),
+        )),
+        (None, Some(n)) if n >= 1 => Ok(1.0 / f64::from(n)),
+        (None, Some(_)) => Err(err("fleet.hosts", "must be at least 1")),
+        (None, None) => Err(err(
+            "fleet.hosts",
+            "set hosts (the fleet's size) or local_share: what this host may send alone while Redis is unreachable (never the whole budget)",
+        )),
+    }
+}
+
+fn timeout(text: Option<String>) -> Result<Duration, FleetConfigError> {
+    let timeout = match text {
+        Some(t) => humantime::parse_duration(&t)
+            .map_err(|e| err("fleet.timeout", format!("{t:?}: {e}")))?,
+        None => DEFAULT_TIMEOUT,
+    };
+    if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&timeout) {
+        return Err(err("fleet.timeout", "must be between 10ms and 5s"));
+    }
+    Ok(timeout)
 }
 
 /// The host's name in the fleet: the first label of its hostname.

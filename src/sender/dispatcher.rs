@@ -542,25 +542,8 @@ impl Dispatcher {
         self.limiters.prune(now)?;
         self.skip_paused_heartbeats(now);
         let mut out = Vec::new();
-        let n = self.integrations.len();
-        loop {
-            if !self.org_open(now) {
-                break;
-            }
-            let mut picked = None;
-            for k in 0..n {
-                let idx = (self.rr + k) % n;
-                let Some((carries, pos)) = self.ready(idx, now) else {
-                    continue;
-                };
-                let scopes = Self::scopes(&self.integrations[idx].target.name);
-                if self.gate(&scopes, now) > now {
-                    continue;
-                }
-                picked = Some((idx, carries, pos, scopes));
-                break;
-            }
-            let Some((idx, carries, pos, scopes)) = picked else {
+        while self.org_open(now) {
+            let Some((idx, carries, pos, scopes)) = self.pick(now) else {
                 break;
             };
             // Until answered, the server may count it up to the timeout.
@@ -574,23 +557,11 @@ impl Dispatcher {
                 },
                 None => None,
             };
-            self.rr = (idx + 1) % n;
+            self.rr = (idx + 1) % self.integrations.len();
             let slot = self.limiters.take(&scopes, now, until)?;
             self.learner.sent(&scopes, slot, now, until);
-            let probe_interval = ms(self.delivery.probe_interval);
-            let probe_org = self.org_pause.as_ref().is_some_and(|p| p.probe);
-            if let Some(p) = &mut self.org_pause
-                && p.probe
-            {
-                p.until = now.saturating_add(probe_interval);
-            }
+            let probe_scopes = self.probes_sent(idx, now);
             let i = &mut self.integrations[idx];
-            let probe_int = i.pause.as_ref().is_some_and(|p| p.probe);
-            if let Some(p) = &mut i.pause
-                && p.probe
-            {
-                p.until = now.saturating_add(probe_interval);
-            }
             match pos {
                 Some(pos) => {
                     i.window[pos].in_flight = true;
@@ -604,7 +575,7 @@ impl Dispatcher {
                 carries,
                 slot,
                 sent_at: now,
-                probe_scopes: (probe_int, probe_org),
+                probe_scopes,
                 fleet,
             });
         }
@@ -615,35 +586,70 @@ impl Dispatcher {
         self.save_learned()?;
         // The slots must be on disk before the requests leave: a crash must not forget a send.
         self.store.flush()?;
-        // Each request was picked from these structures just above, with no await between.
         for req in out {
-            let i = self
-                .integrations
-                .iter()
-                .find(|i| i.target.name == req.integration)
-                .expect("integration of a request just picked");
-            let fut = match req.carries {
-                Carries::Alert(seq) => {
-                    let payload = i
-                        .window
-                        .iter()
-                        .find(|e| e.seq == seq)
-                        .map(|e| e.env.payload.clone())
-                        .expect("entry of a request just picked");
-                    self.transport.deliver(&i.target.url, payload)
-                }
-                Carries::Heartbeat => {
-                    let (_, url) = i.target.heartbeat.as_ref().expect("heartbeat just picked");
-                    self.transport.heartbeat(url)
-                }
-            };
-            let tx = self.done_tx.clone();
-            tokio::spawn(async move {
-                let outcome = fut.await;
-                let _ = tx.send(Done { req, outcome });
-            });
+            self.send(req);
         }
         Ok(())
+    }
+
+    /// The next integration, round robin, with something ready that its budgets let go now.
+    fn pick(&mut self, now: Millis) -> Option<(usize, Carries, Option<usize>, [Scope; 2])> {
+        let (n, rr) = (self.integrations.len(), self.rr);
+        for idx in (0..n).map(|k| (rr + k) % n) {
+            let Some((carries, pos)) = self.ready(idx, now) else {
+                continue;
+            };
+            let scopes = Self::scopes(&self.integrations[idx].target.name);
+            if self.gate(&scopes, now) <= now {
+                return Some((idx, carries, pos, scopes));
+            }
+        }
+        None
+    }
+
+    /// A request leaving while a scope is paused is its probe: the next probe is one
+    /// `probe_interval` later. Says which scopes it probes (integration, org).
+    fn probes_sent(&mut self, idx: usize, now: Millis) -> (bool, bool) {
+        let next = now.saturating_add(ms(self.delivery.probe_interval));
+        let probe = |p: &mut Option<Pause>| match p {
+            Some(p) if p.probe => {
+                p.until = next;
+                true
+            }
+            _ => false,
+        };
+        let org = probe(&mut self.org_pause);
+        (probe(&mut self.integrations[idx].pause), org)
+    }
+
+    /// Hands a request to the transport; its answer comes back on `done_tx`.
+    fn send(&self, req: Request) {
+        // Each request was picked from these structures just before, with no await between.
+        let i = self
+            .integrations
+            .iter()
+            .find(|i| i.target.name == req.integration)
+            .expect("integration of a request just picked");
+        let fut = match req.carries {
+            Carries::Alert(seq) => {
+                let payload = i
+                    .window
+                    .iter()
+                    .find(|e| e.seq == seq)
+                    .map(|e| e.env.payload.clone())
+                    .expect("entry of a request just picked");
+                self.transport.deliver(&i.target.url, payload)
+            }
+            Carries::Heartbeat => {
+                let (_, url) = i.target.heartbeat.as_ref().expect("heartbeat just picked");
+                self.transport.heartbeat(url)
+            }
+        };
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let outcome = fut.await;
+            let _ = tx.send(Done { req, outcome });
+        });
     }
 
     /// The earliest time a request spending `scopes` may leave: the configured budgets, what
@@ -1019,71 +1025,101 @@ impl Dispatcher {
             i.window[pos].env.attempts + 1
         };
         match outcome {
-            Outcome::Delivered => {
-                let i = &mut self.integrations[idx];
-                let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
-                let e = i.window.remove(pos).expect("entry");
-                self.acks.push((i.target.name.clone(), e.seq, e.bytes));
-                i.status.delivered_total += 1;
-                observe_latency(&mut i.status, now.saturating_sub(d.sent_at));
-                if i.failures > 0 {
-                    tracing::info!(integration = %i.target.name, "Deliveries succeed again after {} failed attempts.", i.failures);
-                }
-                i.failures = 0;
-                i.backoff_until = 0;
-                i.status.last_error = None;
-            }
+            Outcome::Delivered => self.delivered(idx, seq, now.saturating_sub(d.sent_at)),
             Outcome::Retry { reason, after, .. } => {
-                let after = after
-                    .map(|a| self.bounded_wait(idx, a, self.delivery.max_retry_after, "retry"))
-                    .unwrap_or_default();
-                let step = self.integrations[idx].failures.saturating_add(1);
-                let int_delay = self.backoff(step).max(after);
-                let own_delay = self.backoff(attempts).max(after);
-                let i = &mut self.integrations[idx];
-                if i.failures == 0 {
-                    tracing::warn!(integration = %i.target.name, url = %i.target.redacted_url, "Delivery failed: {reason}. Retrying with backoff; the alert stays queued.");
-                } else {
-                    tracing::debug!(integration = %i.target.name, "Delivery failed again: {reason}.");
-                }
-                i.failures = step;
-                i.backoff_until = now.saturating_add(ms(int_delay));
-                i.status.retried_total += 1;
-                i.status.last_error = Some(reason);
-                let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
-                let e = &mut i.window[pos];
-                e.env.attempts = attempts;
-                e.env.next_attempt_at = now.saturating_add(ms(own_delay));
-                self.store.update(&i.target.name, e.seq, &e.env)?;
+                self.retry_later(idx, seq, attempts, reason, after, now)?
             }
             // The alert stays at the head of its key; the pause was set above.
             Outcome::RateLimited { .. } => {}
             Outcome::Redirected { status, to } => self.misdirected(idx, status, &to, now),
             Outcome::Rejected { status, body } => {
-                let i = &mut self.integrations[idx];
-                let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
-                let e = i.window.remove(pos).expect("entry");
-                let dl = DeadLetter {
-                    id: e.seq,
-                    integration: i.target.name.clone(),
-                    received_at: e.env.received_at,
-                    failed_at: now,
-                    attempts,
-                    status,
-                    reason: super::outcome::rejection_reason(status, &body),
-                    response: body,
-                    payload: String::from_utf8_lossy(&e.env.payload).into_owned(),
-                };
-                self.store
-                    .move_to_dead(&i.target.name, e.seq, &dl, e.bytes)?;
-                i.status.dead_lettered_total += 1;
-                i.status.last_error = Some(format!(
-                    "OnCall answered {status}; alert {} moved to the dead letters",
-                    e.seq
-                ));
-                tracing::error!(integration = %i.target.name, url = %i.target.redacted_url, status, id = e.seq, "OnCall refused an alert; it is kept as a dead letter (see `oncall-agent dead list`).");
+                self.rejected(idx, seq, attempts, status, body, now)?
             }
         }
+        Ok(())
+    }
+
+    fn delivered(&mut self, idx: usize, seq: u64, latency: Millis) {
+        let i = &mut self.integrations[idx];
+        let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
+        let e = i.window.remove(pos).expect("entry");
+        self.acks.push((i.target.name.clone(), e.seq, e.bytes));
+        i.status.delivered_total += 1;
+        observe_latency(&mut i.status, latency);
+        if i.failures > 0 {
+            tracing::info!(integration = %i.target.name, "Deliveries succeed again after {} failed attempts.", i.failures);
+        }
+        i.failures = 0;
+        i.backoff_until = 0;
+        i.status.last_error = None;
+    }
+
+    /// A 5xx, 408 or network error: the alert waits its own backoff, the integration its own.
+    fn retry_later(
+        &mut self,
+        idx: usize,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+        after: Option<Duration>,
+        now: Millis,
+    ) -> Result<(), DispatchError> {
+        let after = after
+            .map(|a| self.bounded_wait(idx, a, self.delivery.max_retry_after, "retry"))
+            .unwrap_or_default();
+        let step = self.integrations[idx].failures.saturating_add(1);
+        let int_delay = self.backoff(step).max(after);
+        let own_delay = self.backoff(attempts).max(after);
+        let i = &mut self.integrations[idx];
+        if i.failures == 0 {
+            tracing::warn!(integration = %i.target.name, url = %i.target.redacted_url, "Delivery failed: {reason}. Retrying with backoff; the alert stays queued.");
+        } else {
+            tracing::debug!(integration = %i.target.name, "Delivery failed again: {reason}.");
+        }
+        i.failures = step;
+        i.backoff_until = now.saturating_add(ms(int_delay));
+        i.status.retried_total += 1;
+        i.status.last_error = Some(reason);
+        let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
+        let e = &mut i.window[pos];
+        e.env.attempts = attempts;
+        e.env.next_attempt_at = now.saturating_add(ms(own_delay));
+        self.store.update(&i.target.name, e.seq, &e.env)?;
+        Ok(())
+    }
+
+    /// A 4xx other than 408/429: the alert becomes a dead letter.
+    fn rejected(
+        &mut self,
+        idx: usize,
+        seq: u64,
+        attempts: u32,
+        status: u16,
+        body: String,
+        now: Millis,
+    ) -> Result<(), DispatchError> {
+        let i = &mut self.integrations[idx];
+        let pos = i.window.iter().position(|e| e.seq == seq).expect("entry");
+        let e = i.window.remove(pos).expect("entry");
+        let dl = DeadLetter {
+            id: e.seq,
+            integration: i.target.name.clone(),
+            received_at: e.env.received_at,
+            failed_at: now,
+            attempts,
+            status,
+            reason: super::outcome::rejection_reason(status, &body),
+            response: body,
+            payload: String::from_utf8_lossy(&e.env.payload).into_owned(),
+        };
+        self.store
+            .move_to_dead(&i.target.name, e.seq, &dl, e.bytes)?;
+        i.status.dead_lettered_total += 1;
+        i.status.last_error = Some(format!(
+            "OnCall answered {status}; alert {} moved to the dead letters",
+            e.seq
+        ));
+        tracing::error!(integration = %i.target.name, url = %i.target.redacted_url, status, id = e.seq, "OnCall refused an alert; it is kept as a dead letter (see `oncall-agent dead list`).");
         Ok(())
     }
 
