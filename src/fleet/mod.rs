@@ -585,64 +585,14 @@ impl State {
     /// (they go first after a reconnect).
     fn build(&mut self, inner: &Inner, now: Millis, keepalive: bool) -> Option<Built> {
         self.expire_held(now);
-        let index: BTreeMap<&ScopeKey, usize> = self
+        let index: BTreeMap<ScopeKey, usize> = self
             .scopes
             .keys()
             .enumerate()
-            .map(|(i, k)| (k, i))
+            .map(|(i, k)| (k.clone(), i))
             .collect();
-        let idx = |scopes: &[ScopeKey]| -> Vec<usize> {
-            scopes
-                .iter()
-                .filter_map(|s| index.get(s).copied())
-                .collect()
-        };
-        let rel = |until: Millis| until as i64 - now as i64;
-        let mut ops = Vec::new();
-        let mut records = Vec::new();
-        for (&id, o) in self.offline.iter().take(scripts::MAX_PER_CALL / 2) {
-            ops.push(Op {
-                kind: OpKind::Record,
-                member: format!("{}:{id}", inner.prefix),
-                ms: rel(o.until),
-                scopes: idx(&o.scopes),
-            });
-            records.push((id, o.until));
-        }
-        let n_ops = self.ops.len().min(scripts::MAX_PER_CALL - ops.len());
-        let drained: Vec<PendingOp> = self.ops.drain(..n_ops).collect();
-        for o in &drained {
-            ops.push(Op {
-                kind: o.kind,
-                member: format!("{}:{}", inner.prefix, o.id),
-                ms: if o.kind == OpKind::Settle {
-                    rel(o.until)
-                } else {
-                    0
-                },
-                scopes: idx(&o.scopes),
-            });
-        }
-        let mut groups = Vec::new();
-        let mut names = Vec::new();
-        let mut budget = scripts::MAX_PER_CALL as u32;
-        for (name, g) in &self.groups {
-            let short = g.demand.saturating_sub(g.held.len() as u32);
-            let want = if g.retry_at <= now {
-                short.min(AHEAD).min(budget)
-            } else {
-                0
-            };
-            budget -= want;
-            if want > 0 || g.demand > 0 {
-                groups.push(Group {
-                    want,
-                    demand: g.demand,
-                    scopes: idx(&g.scopes),
-                });
-                names.push((name.clone(), want));
-            }
-        }
+        let (ops, records) = self.ops_for_call(inner, now, &index);
+        let (groups, names) = self.groups_for_call(now, &index);
         let asks = groups.iter().any(|g| g.want > 0);
         if ops.is_empty() && !asks && !keepalive {
             return None;
@@ -676,6 +626,72 @@ impl State {
             records,
             built_at: now,
         })
+    }
+
+    /// The sends made while Redis was away (recorded first), then answers and releases, as
+    /// many as one call carries; and the offline sends' (id, until) it records.
+    fn ops_for_call(
+        &mut self,
+        inner: &Inner,
+        now: Millis,
+        index: &BTreeMap<ScopeKey, usize>,
+    ) -> (Vec<Op>, Vec<(u64, Millis)>) {
+        let rel = |until: Millis| until as i64 - now as i64;
+        let mut ops = Vec::new();
+        let mut records = Vec::new();
+        for (&id, o) in self.offline.iter().take(scripts::MAX_PER_CALL / 2) {
+            ops.push(Op {
+                kind: OpKind::Record,
+                member: format!("{}:{id}", inner.prefix),
+                ms: rel(o.until),
+                scopes: indices(index, &o.scopes),
+            });
+            records.push((id, o.until));
+        }
+        let n_ops = self.ops.len().min(scripts::MAX_PER_CALL - ops.len());
+        for o in self.ops.drain(..n_ops) {
+            ops.push(Op {
+                kind: o.kind,
+                member: format!("{}:{}", inner.prefix, o.id),
+                ms: if o.kind == OpKind::Settle {
+                    rel(o.until)
+                } else {
+                    0
+                },
+                scopes: indices(index, &o.scopes),
+            });
+        }
+        (ops, records)
+    }
+
+    /// Each integration's ask: grants it still lacks for its demand (none while it waits for
+    /// `retry_at`), within what one call carries; and which names asked how many.
+    fn groups_for_call(
+        &self,
+        now: Millis,
+        index: &BTreeMap<ScopeKey, usize>,
+    ) -> (Vec<Group>, Vec<(String, u32)>) {
+        let mut groups = Vec::new();
+        let mut names = Vec::new();
+        let mut budget = scripts::MAX_PER_CALL as u32;
+        for (name, g) in &self.groups {
+            let short = g.demand.saturating_sub(g.held.len() as u32);
+            let want = if g.retry_at <= now {
+                short.min(AHEAD).min(budget)
+            } else {
+                0
+            };
+            budget -= want;
+            if want > 0 || g.demand > 0 {
+                groups.push(Group {
+                    want,
+                    demand: g.demand,
+                    scopes: indices(index, &g.scopes),
+                });
+                names.push((name.clone(), want));
+            }
+        }
+        (groups, names)
     }
 
     /// Applies a reply to the call built at `built_at`.
@@ -758,6 +774,14 @@ async fn connect(cfg: &FleetConfig) -> Result<MultiplexedConnection, FleetError>
         .await?)
 }
 
+/// The positions of `scopes` in the call's scope list.
+fn indices(index: &BTreeMap<ScopeKey, usize>, scopes: &[ScopeKey]) -> Vec<usize> {
+    scopes
+        .iter()
+        .filter_map(|s| index.get(s).copied())
+        .collect()
+}
+
 /// The task: one call at a time, when something is due; fallback and reconnects.
 async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let cfg = &inner.cfg;
@@ -804,37 +828,19 @@ async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         last_call = now;
         let Some(c) = con.as_mut() else { continue };
         let result = tokio::time::timeout(cfg.timeout, built.call.run(c, &inner.keys)).await;
-        match result {
+        let failed = match result {
             Ok(Ok(reply)) => {
-                let mut st = inner.lock();
-                let recorded = built.records.len();
-                st.apply(&built, &reply);
-                if st.link != Link::Up {
-                    if st.link == Link::Down {
-                        st.local_until = now.saturating_add(ms(STRAGGLERS + cfg.timeout));
-                        tracing::info!(redis = %cfg.redacted, recorded, "Redis answers again: the fleet's shared budgets are back in force; the sends made meanwhile are recorded in them.");
-                    } else {
-                        tracing::info!(redis = %cfg.redacted, host = %cfg.host, org = %cfg.org, "Connected to the fleet's shared budgets in Redis.");
-                    }
-                    st.link = Link::Up;
-                }
+                answered(&inner, &built, &reply, now);
                 backoff = BACKOFF.0;
-                drop(st);
-                inner.changed.notify_one();
+                None
             }
-            Ok(Err(e)) => {
-                con = None;
-                inner.lock().failed();
-                down(&inner, &e.to_string());
-            }
-            Err(_) => {
-                con = None;
-                inner.lock().failed();
-                down(
-                    &inner,
-                    &format!("no answer within {}ms", cfg.timeout.as_millis()),
-                );
-            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {}ms", cfg.timeout.as_millis())),
+        };
+        if let Some(why) = failed {
+            con = None;
+            inner.lock().failed();
+            down(&inner, &why);
         }
     }
     // A last call for what was answered, so the shared log frees those slots now.
@@ -849,6 +855,26 @@ async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             let _ = tokio::time::timeout(cfg.timeout, b.call.run(c, &inner.keys)).await;
         }
     }
+}
+
+/// A call came back: its grants and the fleet's state are taken, and the link is up (said
+/// once, when it was not).
+fn answered(inner: &Inner, built: &Built, reply: &scripts::TurnReply, now: Millis) {
+    let cfg = &inner.cfg;
+    let mut st = inner.lock();
+    let recorded = built.records.len();
+    st.apply(built, reply);
+    if st.link != Link::Up {
+        if st.link == Link::Down {
+            st.local_until = now.saturating_add(ms(STRAGGLERS + cfg.timeout));
+            tracing::info!(redis = %cfg.redacted, recorded, "Redis answers again: the fleet's shared budgets are back in force; the sends made meanwhile are recorded in them.");
+        } else {
+            tracing::info!(redis = %cfg.redacted, host = %cfg.host, org = %cfg.org, "Connected to the fleet's shared budgets in Redis.");
+        }
+        st.link = Link::Up;
+    }
+    drop(st);
+    inner.changed.notify_one();
 }
 
 /// The link is down: once, a WARN and the dispatcher woken (it now has its local share).

@@ -297,16 +297,7 @@ impl ReportCollector {
         let per_scope = |v: &dyn Fn(&crate::fleet::FleetScopeStatus) -> f64| {
             f.scopes
                 .iter()
-                .map(|s| {
-                    let labels = if s.name == "org" {
-                        vec![("scope", "org".to_string())]
-                    } else {
-                        let mut l = vec![("scope", "integration".to_string())];
-                        l.extend(int(&s.name));
-                        l
-                    };
-                    (labels, ConstGauge::new(v(s)))
-                })
+                .map(|s| (fleet_scope(&s.name), ConstGauge::new(v(s))))
                 .collect::<Vec<_>>()
         };
         family(
@@ -410,6 +401,16 @@ fn scoped<T>(
         });
     let org = f(&r.org).map(|x| (vec![("scope", "org".to_string())], x));
     ints.chain(org).collect()
+}
+
+/// The labels of a fleet scope: the organization, or an integration by name.
+fn fleet_scope(name: &str) -> Labels {
+    if name == "org" {
+        return vec![("scope", "org".to_string())];
+    }
+    let mut l = vec![("scope", "integration".to_string())];
+    l.extend(int(name));
+    l
 }
 
 /// One value per integration.
