@@ -12,8 +12,10 @@
 //!  OnCall <── sender::client <── sender::dispatcher <── ratelimit::limiter ─────────────┘
 //!             (HTTP only, no     (order per key, retry,  (N per window, counted
 //!              redirects)         pause on 429, acks)     where OnCall counts)
-//!                                        └── ratelimit::learn (OnCall's real windows,
-//!                                            learned from its 429s)
+//!                                        ├── ratelimit::learn (OnCall's real windows,
+//!                                        │   learned from its 429s)
+//!                                        └── fleet (with `[fleet]`: the budgets every
+//!                                            host shares, in Redis)
 //! ```
 //!
 //! - An alert is answered `202` only once it is in sled and the db file is fsynced.
@@ -30,7 +32,6 @@
 //!   starts and kept in sled for when the API is down.
 //! - [`oncall`] builds the one HTTP client all of them use toward OnCall: it follows no
 //!   redirect, since a followed 301 turns an alert's POST into a GET that OnCall answers 200.
-//!
 //! - [`fleet`] (with `[fleet]`) shares the budgets with the agents on other hosts through
 //!   Redis: the dispatcher asks its handle beside the local limiter, never waiting on the
 //!   network; Redis away means this host's local share.
